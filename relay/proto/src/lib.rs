@@ -5,14 +5,27 @@
 //!   tokens, each its own type so the two sides of a mailbox never mix.
 //! - [`envelope`]: the fixed ciphertext buckets the relay accepts.
 //! - [`error`]: result codes for requests, close codes for connections.
+//! - [`frame`]: the frames a session exchanges after its handshake, and the
+//!   length-prefixed codec that splits them off a receive buffer.
+//! - [`noise`]: the XK (owner) and NK (anonymous sender) handshakes as
+//!   typestate machines bound to the QUIC connection's TLS exporter.
+//! - [`descriptor`]: the one-line relay name that pins its keys.
+//!
+//! Data moves like this: the client writes a mode byte and handshake messages
+//! ([`noise::wire`]); once both sides hold an [`noise::Established`], each
+//! side turns requests into [`frame::Frame`]s and back. `docs/PROTOCOL.md`
+//! specifies the same bytes in prose.
 //!
 //! The daemon (`chappe-relay`) and the client library are glue around these
 //! modules; fuzzers and unit tests drive them byte by byte.
 #![forbid(unsafe_code)]
 
+pub mod descriptor;
 pub mod envelope;
 pub mod error;
+pub mod frame;
 pub mod ids;
+pub mod noise;
 
 pub use error::{CloseCode, ResultCode};
 pub use ids::{DeliveryToken, OwnerKey, ReceiveId, SendId, TokenDigest};

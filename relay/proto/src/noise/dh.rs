@@ -1,0 +1,70 @@
+//! X25519 for `noise-protocol`, refusing non-contributory results.
+//!
+//! The stock `noise-rust-crypto` X25519 accepts a peer key of low order and
+//! returns the all-zero shared secret, which would let a malicious peer force
+//! a key both sides "agree" on without either contributing. We check
+//! `was_contributory` and fail the handshake instead.
+
+use noise_protocol::{DH, U8Array};
+use noise_rust_crypto::sensitive::Sensitive;
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
+
+/// The Noise DH function "25519", with the contributory check.
+pub enum X25519 {}
+
+impl DH for X25519 {
+    type Key = Sensitive<[u8; 32]>;
+    type Pubkey = [u8; 32];
+    type Output = Sensitive<[u8; 32]>;
+
+    fn name() -> &'static str {
+        "25519"
+    }
+
+    fn genkey() -> Self::Key {
+        let secret = StaticSecret::random_from_rng(rand::rngs::OsRng);
+        Sensitive::from(Zeroizing::new(secret.to_bytes()))
+    }
+
+    fn pubkey(k: &Self::Key) -> Self::Pubkey {
+        let secret = StaticSecret::from(**k);
+        *PublicKey::from(&secret).as_bytes()
+    }
+
+    fn dh(k: &Self::Key, pk: &Self::Pubkey) -> Result<Self::Output, ()> {
+        let secret = StaticSecret::from(**k);
+        let shared = secret.diffie_hellman(&PublicKey::from(*pk));
+        if !shared.was_contributory() {
+            return Err(());
+        }
+        Ok(Sensitive::from_slice(shared.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn low_order_point_is_refused() {
+        let k = X25519::genkey();
+        // The identity point and a point of order 8 both give an all-zero output.
+        assert!(X25519::dh(&k, &[0u8; 32]).is_err());
+        let order8: [u8; 32] = [
+            0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f,
+            0xc4, 0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16,
+            0x5f, 0x49, 0xb8, 0x00,
+        ];
+        assert!(X25519::dh(&k, &order8).is_err());
+    }
+
+    #[test]
+    fn agrees() {
+        let a = X25519::genkey();
+        let b = X25519::genkey();
+        let ab = X25519::dh(&a, &X25519::pubkey(&b)).unwrap();
+        let ba = X25519::dh(&b, &X25519::pubkey(&a)).unwrap();
+        assert_eq!(ab.as_slice(), ba.as_slice());
+    }
+}
