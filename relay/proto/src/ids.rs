@@ -128,36 +128,14 @@ impl TokenDigest {
 
 /// Lower-case hex of any byte string.
 pub fn hex_encode(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    s
+    hex::encode(bytes)
 }
 
 /// Parses exactly 64 hex digits into 32 bytes.
 pub fn hex_decode32(s: &str) -> Option<[u8; ID_LEN]> {
-    let s = s.as_bytes();
-    if s.len() != ID_LEN * 2 {
-        return None;
-    }
     let mut out = [0u8; ID_LEN];
-    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
-        let [hi, lo] = pair else { return None };
-        *o = (nibble(*hi)? << 4) | nibble(*lo)?;
-    }
+    hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
-}
-
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
