@@ -10,6 +10,8 @@
 //! - [`noise`]: the XK (owner) and NK (anonymous sender) handshakes as
 //!   typestate machines bound to the QUIC connection's TLS exporter.
 //! - [`descriptor`]: the one-line relay name that pins its keys.
+//! - [`inbound`]: the receive buffer both ends feed from QUIC: mode byte,
+//!   handshake messages, then frames.
 //!
 //! Data moves like this: the client writes a mode byte and handshake messages
 //! ([`noise::wire`]); once both sides hold an [`noise::Established`], each
@@ -25,7 +27,10 @@ pub mod envelope;
 pub mod error;
 pub mod frame;
 pub mod ids;
+pub mod inbound;
 pub mod noise;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use error::{CloseCode, ResultCode};
 pub use ids::{DeliveryToken, OwnerKey, ReceiveId, SendId, TokenDigest};

@@ -1,0 +1,369 @@
+//! Sessions with a relay: the Noise handshake on the first stream, then a
+//! background task that routes the relay's frames to whoever waits for them
+//! (a request's answer by its id, deliveries to a queue).
+//!
+//! [`OwnerSession`] is the mailbox owner (Noise XK, authenticated by the
+//! owner's static key); [`Sender`] is the anonymous sender (Noise NK, no
+//! client key, its own endpoint and UDP port).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use chappe_proto::descriptor::Descriptor;
+use chappe_proto::frame::{Frame, MailboxEntry};
+use chappe_proto::inbound::Inbound;
+use chappe_proto::noise::{
+    EXPORTER_LABEL, EXPORTER_LEN, Hello, Keypair, Mode, OwnerInitiator, SenderInitiator, wire,
+};
+use chappe_proto::{CloseCode, DeliveryToken, ReceiveId, ResultCode, SendId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::ClientError;
+use crate::transport;
+
+/// Largest chunk read from QUIC at once.
+const READ_CHUNK: usize = 64 * 1024;
+/// Deliveries buffered before the reader stops reading (and QUIC flow
+/// control slows the relay down).
+const DELIVERY_QUEUE: usize = 1024;
+
+/// An envelope pushed by the relay to its mailbox owner.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub mailbox: ReceiveId,
+    pub seq: u64,
+    pub ciphertext: Bytes,
+}
+
+type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Frame>>>>;
+
+/// The part both session kinds share.
+struct Link {
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    send: tokio::sync::Mutex<quinn::SendStream>,
+    pending: Pending,
+    next_req: AtomicU32,
+}
+
+async fn read_until<T>(
+    recv: &mut quinn::RecvStream,
+    inbound: &mut Inbound,
+    mut take: impl FnMut(&mut Inbound) -> Result<Option<T>, ClientError>,
+) -> Result<Option<T>, ClientError> {
+    loop {
+        if let Some(v) = take(inbound)? {
+            return Ok(Some(v));
+        }
+        match recv.read_chunk(READ_CHUNK, true).await? {
+            Some(c) => inbound.extend(&c.bytes),
+            None => return Ok(None),
+        }
+    }
+}
+
+fn close_code(conn: &quinn::Connection) -> Option<CloseCode> {
+    match conn.close_reason()? {
+        quinn::ConnectionError::ApplicationClosed(c) => u32::try_from(c.error_code.into_inner())
+            .ok()
+            .and_then(CloseCode::from_u32),
+        _ => None,
+    }
+}
+
+impl Link {
+    async fn open(
+        desc: &Descriptor,
+        owner: Option<&Keypair>,
+        deliveries: Option<mpsc::Sender<Delivery>>,
+    ) -> Result<Link, ClientError> {
+        let (endpoint, conn) = transport::connect(desc).await?;
+        let mut exporter = [0u8; EXPORTER_LEN];
+        conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+            .map_err(|_| ClientError::Tls("TLS exporter unavailable".into()))?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let mut inbound = Inbound::new();
+        let hello = Hello::default();
+        let result = async {
+            match owner {
+                Some(kp) => {
+                    let (init, m1) = OwnerInitiator::start(kp, &desc.relay_key, &exporter, &hello)?;
+                    let mut first = vec![Mode::Owner as u8];
+                    first.extend(wire::encode_message(&m1));
+                    send.write_all(&first).await?;
+                    let m2 = read_until(&mut recv, &mut inbound, |i| Ok(i.take_handshake()?))
+                        .await?
+                        .ok_or(ClientError::Closed(close_code(&conn)))?;
+                    let (m3, _) = init.finish(&m2)?;
+                    send.write_all(&wire::encode_message(&m3)).await?;
+                }
+                None => {
+                    let (init, m1) = SenderInitiator::start(&desc.relay_key, &exporter, &hello)?;
+                    let mut first = vec![Mode::Sender as u8];
+                    first.extend(wire::encode_message(&m1));
+                    send.write_all(&first).await?;
+                    let m2 = read_until(&mut recv, &mut inbound, |i| Ok(i.take_handshake()?))
+                        .await?
+                        .ok_or(ClientError::Closed(close_code(&conn)))?;
+                    init.finish(&m2)?;
+                }
+            }
+            Ok::<(), ClientError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            // A relay that refused us says why in its close code.
+            return Err(match (&e, close_code(&conn)) {
+                (ClientError::Handshake(_), _) => e,
+                (_, Some(code)) => ClientError::Closed(Some(code)),
+                _ => e,
+            });
+        }
+        let pending: Pending = Arc::default();
+        tokio::spawn(reader(recv, inbound, pending.clone(), deliveries));
+        Ok(Link {
+            _endpoint: endpoint,
+            conn,
+            send: tokio::sync::Mutex::new(send),
+            pending,
+            next_req: AtomicU32::new(1),
+        })
+    }
+
+    async fn write(&self, frame: &Frame) -> Result<(), ClientError> {
+        let (head, tail) = frame.encode_parts();
+        let mut chunks = match tail {
+            Some(t) => vec![head, t],
+            None => vec![head],
+        };
+        let mut send = self.send.lock().await;
+        send.write_all_chunks(&mut chunks)
+            .await
+            .map_err(|e| match close_code(&self.conn) {
+                Some(c) => ClientError::Closed(Some(c)),
+                None => e.into(),
+            })
+    }
+
+    async fn request(&self, build: impl FnOnce(u32) -> Frame) -> Result<Frame, ClientError> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(req, tx);
+        }
+        self.write(&build(req)).await?;
+        rx.await
+            .map_err(|_| ClientError::Closed(close_code(&self.conn)))
+    }
+
+    async fn close(&self) {
+        if let Ok(()) = self.send.lock().await.finish() {}
+        self.conn.close(
+            CloseCode::Normal.to_u32().into(),
+            CloseCode::Normal.reason().as_bytes(),
+        );
+    }
+}
+
+/// Routes frames from the relay until the stream ends.
+async fn reader(
+    mut recv: quinn::RecvStream,
+    mut inbound: Inbound,
+    pending: Pending,
+    deliveries: Option<mpsc::Sender<Delivery>>,
+) {
+    loop {
+        let frame = match read_until(&mut recv, &mut inbound, |i| Ok(i.take_frame()?)).await {
+            Ok(Some(f)) => f,
+            _ => break,
+        };
+        let req = match &frame {
+            Frame::Result { req, .. }
+            | Frame::MailboxCreated { req, .. }
+            | Frame::MailboxList { req, .. } => *req,
+            Frame::Deliver {
+                mailbox,
+                seq,
+                ciphertext,
+            } => {
+                if let Some(d) = &deliveries {
+                    let delivery = Delivery {
+                        mailbox: *mailbox,
+                        seq: *seq,
+                        ciphertext: ciphertext.clone(),
+                    };
+                    if d.send(delivery).await.is_err() {
+                        break;
+                    }
+                }
+                continue;
+            }
+            _ => break, // a relay never sends client frames
+        };
+        let waiter = pending.lock().ok().and_then(|mut p| p.remove(&req));
+        if let Some(w) = waiter {
+            let _ = w.send(frame);
+        }
+    }
+    // Dropping the waiters wakes every pending request with "closed".
+    if let Ok(mut p) = pending.lock() {
+        p.clear();
+    }
+}
+
+fn expect_ok(frame: Frame) -> Result<(), ClientError> {
+    match frame {
+        Frame::Result {
+            code: ResultCode::Ok,
+            ..
+        } => Ok(()),
+        Frame::Result { code, .. } => Err(ClientError::Refused(code)),
+        other => Err(ClientError::Unexpected(other.kind())),
+    }
+}
+
+/// A mailbox owner's session (Noise XK).
+pub struct OwnerSession {
+    link: Link,
+    deliveries: mpsc::Receiver<Delivery>,
+}
+
+impl OwnerSession {
+    pub async fn connect(desc: &Descriptor, owner: &Keypair) -> Result<Self, ClientError> {
+        let (tx, rx) = mpsc::channel(DELIVERY_QUEUE);
+        let link = Link::open(desc, Some(owner), Some(tx)).await?;
+        Ok(OwnerSession {
+            link,
+            deliveries: rx,
+        })
+    }
+
+    /// Creates a mailbox accepting the given tokens; the relay only ever
+    /// learns their digests. Returns (receive id, send id).
+    pub async fn create_mailbox(
+        &self,
+        tokens: &[DeliveryToken],
+    ) -> Result<(ReceiveId, SendId), ClientError> {
+        let tokens = tokens.iter().map(DeliveryToken::digest).collect();
+        match self
+            .link
+            .request(|req| Frame::CreateMailbox { req, tokens })
+            .await?
+        {
+            Frame::MailboxCreated {
+                mailbox, send_id, ..
+            } => Ok((mailbox, send_id)),
+            Frame::Result { code, .. } => Err(ClientError::Refused(code)),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    pub async fn delete_mailbox(&self, mailbox: ReceiveId) -> Result<(), ClientError> {
+        expect_ok(
+            self.link
+                .request(|req| Frame::DeleteMailbox { req, mailbox })
+                .await?,
+        )
+    }
+
+    /// Replaces the tokens senders must show; tokens not listed stop working
+    /// at once.
+    pub async fn set_tokens(
+        &self,
+        mailbox: ReceiveId,
+        tokens: &[DeliveryToken],
+    ) -> Result<(), ClientError> {
+        let tokens = tokens.iter().map(DeliveryToken::digest).collect();
+        expect_ok(
+            self.link
+                .request(|req| Frame::SetTokens {
+                    req,
+                    mailbox,
+                    tokens,
+                })
+                .await?,
+        )
+    }
+
+    pub async fn list_mailboxes(&self) -> Result<Vec<MailboxEntry>, ClientError> {
+        match self
+            .link
+            .request(|req| Frame::ListMailboxes { req })
+            .await?
+        {
+            Frame::MailboxList { entries, .. } => Ok(entries),
+            Frame::Result { code, .. } => Err(ClientError::Refused(code)),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Asks for the mailbox's stored envelopes, then new ones as they come.
+    pub async fn subscribe(&self, mailbox: ReceiveId) -> Result<(), ClientError> {
+        expect_ok(
+            self.link
+                .request(|req| Frame::Subscribe { req, mailbox })
+                .await?,
+        )
+    }
+
+    /// The next delivered envelope; `None` once the connection is gone.
+    pub async fn next_delivery(&mut self) -> Option<Delivery> {
+        self.deliveries.recv().await
+    }
+
+    /// Tells the relay these envelopes are safe here; it deletes them.
+    pub async fn ack(&self, mailbox: ReceiveId, seqs: Vec<u64>) -> Result<(), ClientError> {
+        self.link.write(&Frame::Ack { mailbox, seqs }).await
+    }
+
+    /// Why the relay closed the connection, if it did.
+    pub fn close_code(&self) -> Option<CloseCode> {
+        close_code(&self.link.conn)
+    }
+
+    pub async fn close(self) {
+        self.link.close().await;
+    }
+}
+
+/// An anonymous sender's session (Noise NK): many sends may be in flight.
+pub struct Sender {
+    link: Link,
+}
+
+impl Sender {
+    pub async fn connect(desc: &Descriptor) -> Result<Self, ClientError> {
+        Ok(Sender {
+            link: Link::open(desc, None, None).await?,
+        })
+    }
+
+    /// Sends one envelope; `Ok` means the relay has it on disk.
+    pub async fn send(
+        &self,
+        send_id: SendId,
+        token: DeliveryToken,
+        ciphertext: Bytes,
+    ) -> Result<(), ClientError> {
+        expect_ok(
+            self.link
+                .request(|req| Frame::Send {
+                    req,
+                    send_id,
+                    token,
+                    ciphertext,
+                })
+                .await?,
+        )
+    }
+
+    pub fn close_code(&self) -> Option<CloseCode> {
+        close_code(&self.link.conn)
+    }
+
+    pub async fn close(self) {
+        self.link.close().await;
+    }
+}

@@ -1,0 +1,330 @@
+//! The relay's configuration: a TOML file where every key is optional.
+//!
+//! Defaults describe the embedded newcomer setup (loopback, `./chappe-data`).
+//! Validation runs before anything binds or touches the state directory, and
+//! every error names the key and how to fix it, because the person reading
+//! it is an operator at a console, not a developer.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// QUIC listen address when none is configured: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4433";
+/// Metrics/health listen address when none is configured.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+/// State directory when none is configured, relative to the working directory.
+pub const DEFAULT_STATE_DIR: &str = "chappe-data";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {problem}; {fix}")]
+    Invalid {
+        key: &'static str,
+        problem: String,
+        fix: &'static str,
+    },
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>, fix: &'static str) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+        fix,
+    }
+}
+
+/// The file as written; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: Option<String>,
+    public_address: Option<String>,
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    metrics: MetricsFile,
+    #[serde(default)]
+    limits: LimitsFile,
+    #[serde(default)]
+    log: LogFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsFile {
+    listen: Option<String>,
+    enabled: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    max_connections: Option<u32>,
+    max_envelopes_per_mailbox: Option<u32>,
+    max_bytes_per_mailbox: Option<u64>,
+    max_mailboxes_per_owner: Option<u32>,
+    envelope_ttl_hours: Option<u32>,
+    min_free_disk_bytes: Option<u64>,
+    max_store_bytes: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    handshake_timeout_secs: Option<u64>,
+    max_inflight_sends: Option<u32>,
+    delivery_window: Option<u32>,
+    shutdown_grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogFile {
+    level: Option<String>,
+}
+
+/// The validated configuration the daemon runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the config came from, for the startup log line.
+    pub source: Option<PathBuf>,
+    pub listen: SocketAddr,
+    /// `host:port` written into the descriptor (defaults to `listen`).
+    pub public_address: String,
+    pub state_dir: PathBuf,
+    pub metrics_listen: Option<SocketAddr>,
+    pub limits: Limits,
+    pub log_level: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_connections: u32,
+    pub max_envelopes_per_mailbox: u32,
+    pub max_bytes_per_mailbox: u64,
+    pub max_mailboxes_per_owner: u32,
+    pub envelope_ttl: Duration,
+    pub min_free_disk_bytes: u64,
+    pub max_store_bytes: u64,
+    pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
+    /// Sends one anonymous connection may have waiting for the disk.
+    pub max_inflight_sends: u32,
+    /// Deliveries an owner may have unacknowledged per mailbox.
+    pub delivery_window: u32,
+    /// How long SIGTERM waits for in-flight work before closing connections.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    pub fn from_toml(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
+        let file: File = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.map(Path::to_path_buf).unwrap_or_default(),
+            message: e.to_string(),
+        })?;
+        let listen_text = file.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("\"{listen_text}\" is not an IP address and port"),
+                "write it like \"0.0.0.0:4433\" or \"[::]:4433\"",
+            )
+        })?;
+        let public_address = match file.public_address {
+            Some(a) => {
+                let ok = a
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                if !ok {
+                    return Err(invalid(
+                        "public_address",
+                        format!("\"{a}\" is not host:port"),
+                        "write the name or address clients reach, e.g. \"relay.interior.example:4433\"",
+                    ));
+                }
+                a
+            }
+            None => {
+                if listen.ip().is_unspecified() {
+                    return Err(invalid(
+                        "public_address",
+                        format!("missing while `listen` is the wildcard {listen}"),
+                        "set it to the address clients use to reach this relay, e.g. \"10.1.2.3:4433\"",
+                    ));
+                }
+                listen.to_string()
+            }
+        };
+        let state_dir = file
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        if state_dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "state_dir",
+                "is empty",
+                "give a directory path such as \"/var/lib/chappe\"",
+            ));
+        }
+        let metrics_listen = if file.metrics.enabled == Some(false) {
+            None
+        } else {
+            let m = file
+                .metrics
+                .listen
+                .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.to_string());
+            Some(m.parse().map_err(|_| {
+                invalid(
+                    "metrics.listen",
+                    format!("\"{m}\" is not an IP address and port"),
+                    "write it like \"127.0.0.1:9464\"",
+                )
+            })?)
+        };
+        let l = file.limits;
+        let limits = Limits {
+            max_connections: positive("limits.max_connections", l.max_connections, 20_000)?,
+            max_envelopes_per_mailbox: positive(
+                "limits.max_envelopes_per_mailbox",
+                l.max_envelopes_per_mailbox,
+                10_000,
+            )?,
+            max_bytes_per_mailbox: positive(
+                "limits.max_bytes_per_mailbox",
+                l.max_bytes_per_mailbox,
+                256 << 20,
+            )?,
+            max_mailboxes_per_owner: range(
+                "limits.max_mailboxes_per_owner",
+                l.max_mailboxes_per_owner,
+                256,
+                1,
+                1024,
+            )?,
+            envelope_ttl: Duration::from_secs(
+                u64::from(range(
+                    "limits.envelope_ttl_hours",
+                    l.envelope_ttl_hours,
+                    14 * 24,
+                    1,
+                    24 * 365,
+                )?) * 3600,
+            ),
+            min_free_disk_bytes: l.min_free_disk_bytes.unwrap_or(256 << 20),
+            max_store_bytes: l.max_store_bytes.unwrap_or(0),
+            idle_timeout: Duration::from_secs(range(
+                "limits.idle_timeout_secs",
+                l.idle_timeout_secs,
+                60,
+                5,
+                3600,
+            )?),
+            handshake_timeout: Duration::from_secs(range(
+                "limits.handshake_timeout_secs",
+                l.handshake_timeout_secs,
+                10,
+                1,
+                120,
+            )?),
+            max_inflight_sends: range(
+                "limits.max_inflight_sends",
+                l.max_inflight_sends,
+                1024,
+                1,
+                65_536,
+            )?,
+            delivery_window: range("limits.delivery_window", l.delivery_window, 256, 1, 65_536)?,
+            shutdown_grace: Duration::from_secs(range(
+                "limits.shutdown_grace_secs",
+                l.shutdown_grace_secs,
+                5,
+                0,
+                600,
+            )?),
+        };
+        let log_level = file.log.level.unwrap_or_else(|| "info".to_string());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!("\"{log_level}\" is not a level or filter"),
+                "use one of error, warn, info, debug, trace",
+            ));
+        }
+        Ok(Config {
+            source: path.map(Path::to_path_buf),
+            listen,
+            public_address,
+            state_dir,
+            metrics_listen,
+            limits,
+            log_level,
+        })
+    }
+}
+
+fn positive<T: PartialOrd + Default + Copy + std::fmt::Display>(
+    key: &'static str,
+    v: Option<T>,
+    default: T,
+) -> Result<T, ConfigError> {
+    let v = v.unwrap_or(default);
+    if v <= T::default() {
+        return Err(invalid(key, format!("is {v}"), "give a number above 0"));
+    }
+    Ok(v)
+}
+
+fn range<T: PartialOrd + Copy + std::fmt::Display>(
+    key: &'static str,
+    v: Option<T>,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    let v = v.unwrap_or(default);
+    if v < min || v > max {
+        return Err(ConfigError::Invalid {
+            key,
+            problem: format!("is {v}, outside {min}..={max}"),
+            fix: "pick a value inside the range (or remove the key for the default)",
+        });
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_is_the_embedded_default() {
+        let c = Config::from_toml("", None).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.public_address, DEFAULT_LISTEN);
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::from_toml("listen = \"nope\"", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`listen`"), "{e}");
+        let e = Config::from_toml("listen = \"0.0.0.0:4433\"", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`public_address`"), "{e}");
+        let e = Config::from_toml("[limits]\nenvelope_ttl_hours = 0", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.envelope_ttl_hours"), "{e}");
+        let e = Config::from_toml("colour = 1", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("colour"), "{e}");
+        let e = Config::from_toml("[log]\nlevel = \"loud[\"", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("log.level"), "{e}");
+    }
+}

@@ -1,0 +1,142 @@
+//! Prometheus metrics: `chappe_` prefix, base units, no per-mailbox labels
+//! (a label per mailbox would both blow up cardinality and hand whoever reads
+//! the dashboard a list of active conversations).
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use chappe_proto::ResultCode;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub connections_active: IntGaugeVec,
+    pub connections_total: IntCounter,
+    pub handshakes_total: IntCounterVec,
+    pub envelopes_received_total: IntCounterVec,
+    pub envelopes_delivered_total: IntCounter,
+    pub envelopes_acked_total: IntCounter,
+    pub protocol_errors_total: IntCounterVec,
+    pub owner_requests_total: IntCounterVec,
+    pub store_envelopes: IntGauge,
+    pub store_bytes: IntGauge,
+    pub store_mailboxes: IntGauge,
+    pub store_commits_total: IntGauge,
+    pub ready: IntGauge,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    c: T,
+) -> prometheus::Result<T> {
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Metrics> {
+        let r = Registry::new_custom(Some("chappe".into()), None)?;
+        let m = Metrics {
+            connections_active: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "connections_active",
+                        "Open QUIC connections, by session mode.",
+                    ),
+                    &["mode"],
+                )?,
+            )?,
+            connections_total: reg(
+                &r,
+                IntCounter::new("connections_total", "QUIC connections accepted.")?,
+            )?,
+            handshakes_total: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("handshakes_total", "Noise handshakes, by mode and result."),
+                    &["mode", "result"],
+                )?,
+            )?,
+            envelopes_received_total: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "envelopes_received_total",
+                        "Send requests answered, by result code.",
+                    ),
+                    &["result"],
+                )?,
+            )?,
+            envelopes_delivered_total: reg(
+                &r,
+                IntCounter::new(
+                    "envelopes_delivered_total",
+                    "Envelopes written to owner sessions (live or from the store).",
+                )?,
+            )?,
+            envelopes_acked_total: reg(
+                &r,
+                IntCounter::new("envelopes_acked_total", "Envelopes acknowledged by owners.")?,
+            )?,
+            protocol_errors_total: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "protocol_errors_total",
+                        "Connections closed for protocol violations, by kind.",
+                    ),
+                    &["kind"],
+                )?,
+            )?,
+            owner_requests_total: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "owner_requests_total",
+                        "Mailbox owner requests, by result code.",
+                    ),
+                    &["result"],
+                )?,
+            )?,
+            store_envelopes: reg(
+                &r,
+                IntGauge::new(
+                    "store_envelopes",
+                    "Envelopes stored and not yet acknowledged.",
+                )?,
+            )?,
+            store_bytes: reg(
+                &r,
+                IntGauge::new("store_bytes", "Ciphertext bytes stored.")?,
+            )?,
+            store_mailboxes: reg(
+                &r,
+                IntGauge::new("store_mailboxes", "Mailboxes in the store.")?,
+            )?,
+            store_commits_total: reg(
+                &r,
+                IntGauge::new(
+                    "store_commits_total",
+                    "Durable store commits (group commits).",
+                )?,
+            )?,
+            ready: reg(
+                &r,
+                IntGauge::new("ready", "1 while the relay accepts connections.")?,
+            )?,
+            registry: r,
+        };
+        for code in ResultCode::ALL {
+            m.envelopes_received_total.with_label_values(&[code.name()]);
+        }
+        for mode in ["owner", "sender"] {
+            m.connections_active.with_label_values(&[mode]);
+        }
+        Ok(m)
+    }
+
+    pub fn received(&self, code: ResultCode) {
+        self.envelopes_received_total
+            .with_label_values(&[code.name()])
+            .inc();
+    }
+}

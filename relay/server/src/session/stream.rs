@@ -1,0 +1,123 @@
+//! Reading handshake messages and frames off the session stream, and the
+//! writer task that owns its send half.
+
+use bytes::Bytes;
+use chappe_proto::frame::Frame;
+use chappe_proto::inbound::Inbound;
+use chappe_proto::noise::wire;
+use quinn::{RecvStream, SendStream};
+use tokio::sync::mpsc;
+
+use super::SessionError;
+
+/// Largest chunk taken from QUIC at once.
+const READ_CHUNK: usize = 64 * 1024;
+
+pub struct FrameReader {
+    recv: RecvStream,
+    inbound: Inbound,
+}
+
+impl FrameReader {
+    pub fn new(recv: RecvStream) -> Self {
+        FrameReader {
+            recv,
+            inbound: Inbound::new(),
+        }
+    }
+
+    /// Reads one more chunk; `false` at the end of the stream.
+    async fn read_more(&mut self) -> Result<bool, SessionError> {
+        match self.recv.read_chunk(READ_CHUNK, true).await? {
+            Some(chunk) => {
+                self.inbound.extend(&chunk.bytes);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    pub async fn read_mode(&mut self) -> Result<wire::Mode, SessionError> {
+        loop {
+            if let Some(m) = self.inbound.take_mode()? {
+                return Ok(m);
+            }
+            if !self.read_more().await? {
+                return Err(SessionError::Truncated);
+            }
+        }
+    }
+
+    pub async fn read_handshake(&mut self) -> Result<Bytes, SessionError> {
+        loop {
+            if let Some(m) = self.inbound.take_handshake()? {
+                return Ok(m);
+            }
+            if !self.read_more().await? {
+                return Err(SessionError::Truncated);
+            }
+        }
+    }
+
+    /// The next frame, or `None` when the peer finished the stream cleanly
+    /// between frames.
+    pub async fn next_frame(&mut self) -> Result<Option<Frame>, SessionError> {
+        loop {
+            if let Some(f) = self.inbound.take_frame()? {
+                return Ok(Some(f));
+            }
+            if !self.read_more().await? {
+                return if self.inbound.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(SessionError::Truncated)
+                };
+            }
+        }
+    }
+}
+
+/// Frames queued for the peer; the writer task drains them in batches so
+/// many small results cost one stream write.
+pub type Outbox = mpsc::Sender<Frame>;
+
+/// Frames that may wait in an outbox before producers block.
+pub const OUTBOX_DEPTH: usize = 512;
+/// How long a finished stream may take to be acknowledged by the peer.
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Frames written per stream write.
+const WRITE_BATCH: usize = 64;
+
+pub fn spawn_writer(mut send: SendStream) -> (Outbox, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Frame>(OUTBOX_DEPTH);
+    let task = tokio::spawn(async move {
+        let mut chunks: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH * 2);
+        while let Some(first) = rx.recv().await {
+            push_parts(&mut chunks, &first);
+            while chunks.len() < WRITE_BATCH * 2 {
+                match rx.try_recv() {
+                    Ok(f) => push_parts(&mut chunks, &f),
+                    Err(_) => break,
+                }
+            }
+            if send.write_all_chunks(&mut chunks).await.is_err() {
+                return;
+            }
+            chunks.clear();
+        }
+        // Finish, then wait until the peer has everything (or gave up), so
+        // closing the connection right after cannot drop the last results.
+        if send.finish().is_ok() {
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.stopped()).await;
+        }
+    });
+    (tx, task)
+}
+
+fn push_parts(chunks: &mut Vec<Bytes>, f: &Frame) {
+    let (head, tail) = f.encode_parts();
+    chunks.push(head);
+    if let Some(t) = tail {
+        chunks.push(t);
+    }
+}

@@ -1,0 +1,45 @@
+//! Limits and paths for one store, with the defaults an appliance runs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+const MIB: u64 = 1024 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The redb file; created with its tables when missing.
+    pub path: PathBuf,
+    /// Envelopes a mailbox may hold before sends get `QuotaExceeded`.
+    pub max_envelopes_per_mailbox: u32,
+    /// Ciphertext bytes a mailbox may hold before sends get `QuotaExceeded`.
+    pub max_bytes_per_mailbox: u64,
+    /// Mailboxes one owner key may hold.
+    pub max_mailboxes_per_owner: u32,
+    /// How long an unacknowledged envelope is kept (rounded up to the hour).
+    pub envelope_ttl: Duration,
+    /// Sends get `RelayFull` while the file system holding `path` has less
+    /// free space than this (0 disables the check). Leaves room for deletes,
+    /// acks and redb's own copy-on-write pages, which all need disk to run.
+    pub min_free_disk_bytes: u64,
+    /// Sends get `RelayFull` once stored ciphertext would exceed this many
+    /// bytes in total (0 = unlimited).
+    pub max_store_bytes: u64,
+    /// Most requests committed in one transaction (one fsync).
+    pub max_batch: usize,
+}
+
+impl StoreConfig {
+    /// The defaults, storing at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            path: path.into(),
+            max_envelopes_per_mailbox: 10_000,
+            max_bytes_per_mailbox: 256 * MIB,
+            max_mailboxes_per_owner: 256,
+            envelope_ttl: Duration::from_secs(14 * 24 * 3600),
+            min_free_disk_bytes: 512 * MIB,
+            max_store_bytes: 0,
+            max_batch: 1024,
+        }
+    }
+}

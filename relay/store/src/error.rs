@@ -1,0 +1,148 @@
+//! The two error types: [`StoreError`] for the store itself, [`RequestError`]
+//! for one client request.
+//!
+//! They are split because they go to different people. A `StoreError` is for
+//! the operator (a full disk, a damaged file, a version mismatch); a
+//! `RequestError` is what the relay answers on the wire, and it must not leak
+//! more than its [`ResultCode`] says. In particular "you do not own this
+//! mailbox" and "no such mailbox" are the same answer, so an owner cannot
+//! probe for other people's receive ids.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chappe_proto::ResultCode;
+use thiserror::Error;
+
+/// Something went wrong with the database, not with the request.
+///
+/// `Clone` so that one failed commit can be reported to every request of its
+/// batch; redb's own error is shared behind an `Arc` for that.
+#[derive(Clone, Debug, Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[source] Arc<redb::Error>),
+    #[error(
+        "the store {path} has schema version {found}, but this build reads version {expected}; \
+         run the chappe-relay version that wrote it, or migrate the store"
+    )]
+    SchemaMismatch {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+    #[error(
+        "the store {path} has tables but no schema version: it was not written by chappe-relay, \
+         or its meta table is damaged"
+    )]
+    MissingSchema { path: PathBuf },
+    #[error("corrupt entry in table `{table}`: {detail}")]
+    Corrupt {
+        table: &'static str,
+        detail: &'static str,
+    },
+    #[error("cannot start the store writer thread: {0}")]
+    Spawn(#[source] Arc<std::io::Error>),
+    #[error("the store writer has stopped")]
+    WriterStopped,
+    /// Something the code guarantees did not hold; a bug, not a disk fault.
+    #[error("store invariant broken: {0}")]
+    Invariant(&'static str),
+}
+
+impl StoreError {
+    pub(crate) fn corrupt(table: &'static str, detail: &'static str) -> Self {
+        StoreError::Corrupt { table, detail }
+    }
+}
+
+impl From<redb::Error> for StoreError {
+    fn from(e: redb::Error) -> Self {
+        StoreError::Db(Arc::new(e))
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(Arc::new(redb::Error::from(e)))
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// Why one request was refused. Maps one-to-one onto a wire [`ResultCode`].
+#[derive(Clone, Debug, Error)]
+pub enum RequestError {
+    /// No such mailbox, or the caller does not own it (deliberately the same).
+    #[error("unknown mailbox")]
+    UnknownMailbox,
+    #[error("delivery token not accepted")]
+    BadToken,
+    #[error("mailbox quota exceeded")]
+    QuotaExceeded,
+    #[error("ciphertext length is not a bucket size")]
+    BadSize,
+    #[error("ciphertext longer than the largest bucket")]
+    TooLarge,
+    #[error("relay storage is full")]
+    RelayFull,
+    #[error("owner holds the maximum number of mailboxes")]
+    TooManyMailboxes,
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("store is shutting down")]
+    ShuttingDown,
+    /// The store failed; nothing was stored. The cause is logged where it
+    /// happened and kept here for the caller's logs, never for the wire.
+    #[error("internal store error: {0}")]
+    Internal(StoreError),
+}
+
+impl RequestError {
+    /// The code to answer on the wire.
+    pub fn code(&self) -> ResultCode {
+        match self {
+            RequestError::UnknownMailbox => ResultCode::UnknownMailbox,
+            RequestError::BadToken => ResultCode::BadToken,
+            RequestError::QuotaExceeded => ResultCode::QuotaExceeded,
+            RequestError::BadSize => ResultCode::BadSize,
+            RequestError::TooLarge => ResultCode::TooLarge,
+            RequestError::RelayFull => ResultCode::RelayFull,
+            RequestError::TooManyMailboxes => ResultCode::TooManyMailboxes,
+            RequestError::BadRequest(_) => ResultCode::BadRequest,
+            RequestError::ShuttingDown => ResultCode::ShuttingDown,
+            RequestError::Internal(_) => ResultCode::Internal,
+        }
+    }
+
+    /// Wraps a store failure, logging it once here so that no `Internal`
+    /// answer goes out without a trace for the operator.
+    pub(crate) fn internal(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store request failed");
+        RequestError::Internal(e)
+    }
+
+    /// The refusal [`check_len`](chappe_proto::envelope::check_len) named.
+    pub(crate) fn from_len_code(code: ResultCode) -> Self {
+        match code {
+            ResultCode::TooLarge => RequestError::TooLarge,
+            _ => RequestError::BadSize,
+        }
+    }
+}
+
+impl From<StoreError> for RequestError {
+    fn from(e: StoreError) -> Self {
+        RequestError::internal(e)
+    }
+}

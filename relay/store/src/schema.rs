@@ -1,0 +1,202 @@
+//! The tables, their key layouts, and opening a file with a version check.
+//!
+//! All keys are fixed-width byte arrays compared as bytes, with integers
+//! big-endian, so byte order is numeric order and a range scan over a prefix
+//! walks one mailbox (or one hour) in sequence order:
+//!
+//! | table        | key                                              | value            |
+//! |--------------|--------------------------------------------------|------------------|
+//! | `meta`       | name (`&str`)                                    | `u64` BE         |
+//! | `mailboxes`  | receive id [32]                                  | mailbox record   |
+//! | `send_index` | send id [32]                                     | receive id [32]  |
+//! | `owner_index`| owner key [32] ‖ receive id [32]                 | `()`             |
+//! | `envelopes`  | receive id [32] ‖ seq u64                        | expiry u32 ‖ ciphertext |
+//! | `expiry`     | expiry hour u32 ‖ receive id [32] ‖ seq u64      | `()`             |
+//!
+//! Value layouts are in [`crate::records`]. `meta` holds `schema_version`
+//! and the running totals `envelopes`, `bytes` (ciphertext only) and
+//! `mailboxes`, which every batch updates in its own transaction: opening a
+//! store reads three numbers instead of counting a million envelopes.
+//!
+//! The `meta` table's definition must never change: it is opened first, to
+//! read the version, before any table whose layout a later version might
+//! alter (which would otherwise surface as an opaque type mismatch).
+
+use std::path::Path;
+
+use chappe_proto::{OwnerKey, ReceiveId};
+use redb::{Database, ReadableTable, Table, TableDefinition, TableHandle, WriteTransaction};
+
+use crate::error::StoreError;
+use crate::records::read_u64;
+
+/// Bumped on any change to a table definition or value layout.
+pub(crate) const SCHEMA_VERSION: u64 = 1;
+
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const MAILBOXES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("mailboxes");
+pub(crate) const SEND_INDEX: TableDefinition<&[u8; 32], &[u8; 32]> =
+    TableDefinition::new("send_index");
+pub(crate) const OWNER_INDEX: TableDefinition<&[u8; 64], ()> = TableDefinition::new("owner_index");
+pub(crate) const ENVELOPES: TableDefinition<&[u8; 40], &[u8]> = TableDefinition::new("envelopes");
+pub(crate) const EXPIRY: TableDefinition<&[u8; 44], ()> = TableDefinition::new("expiry");
+
+pub(crate) const META_VERSION: &str = "schema_version";
+const META_ENVELOPES: &str = "envelopes";
+const META_BYTES: &str = "bytes";
+const META_MAILBOXES: &str = "mailboxes";
+
+/// Store-wide counts, as kept in `meta`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub envelopes: u64,
+    /// Ciphertext bytes (envelope headers and redb overhead not included).
+    pub bytes: u64,
+    pub mailboxes: u64,
+}
+
+/// Reads the totals from any view of the `meta` table (missing = 0).
+pub(crate) fn read_totals(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Totals, StoreError> {
+    let get = |name: &str| -> Result<u64, StoreError> {
+        match meta.get(name)? {
+            Some(v) => read_u64(v.value()),
+            None => Ok(0),
+        }
+    };
+    Ok(Totals {
+        envelopes: get(META_ENVELOPES)?,
+        bytes: get(META_BYTES)?,
+        mailboxes: get(META_MAILBOXES)?,
+    })
+}
+
+pub(crate) fn write_totals(
+    meta: &mut Table<'_, &'static str, &'static [u8]>,
+    t: &Totals,
+) -> Result<(), StoreError> {
+    meta.insert(META_ENVELOPES, t.envelopes.to_be_bytes().as_slice())?;
+    meta.insert(META_BYTES, t.bytes.to_be_bytes().as_slice())?;
+    meta.insert(META_MAILBOXES, t.mailboxes.to_be_bytes().as_slice())?;
+    Ok(())
+}
+
+/// Opens (or creates) the file, checks or writes the schema version, makes
+/// sure every table exists, and returns the totals kept in `meta`.
+pub(crate) fn open(path: &Path) -> Result<(Database, Totals), StoreError> {
+    let db = Database::create(path)?;
+    let txn = db.begin_write()?;
+    let others = txn
+        .list_tables()?
+        .filter(|t| t.name() != META.name())
+        .count();
+    let totals = {
+        let mut meta = txn.open_table(META)?;
+        let found = match meta.get(META_VERSION)? {
+            Some(v) => Some(read_u64(v.value())?),
+            None => None,
+        };
+        match found {
+            Some(SCHEMA_VERSION) => {}
+            Some(found) => {
+                return Err(StoreError::SchemaMismatch {
+                    path: path.to_owned(),
+                    found,
+                    expected: SCHEMA_VERSION,
+                });
+            }
+            None if others > 0 => {
+                return Err(StoreError::MissingSchema {
+                    path: path.to_owned(),
+                });
+            }
+            None => {
+                meta.insert(META_VERSION, SCHEMA_VERSION.to_be_bytes().as_slice())?;
+                write_totals(&mut meta, &Totals::default())?;
+            }
+        }
+        read_totals(&meta)?
+    };
+    open_all(&txn)?;
+    txn.commit()?;
+    Ok((db, totals))
+}
+
+fn open_all(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(MAILBOXES)?;
+    txn.open_table(SEND_INDEX)?;
+    txn.open_table(OWNER_INDEX)?;
+    txn.open_table(ENVELOPES)?;
+    txn.open_table(EXPIRY)?;
+    Ok(())
+}
+
+/// Concatenates `parts` into a fixed-size key (the sizes are constants at
+/// every call site, so nothing is truncated or left zero).
+fn key<const N: usize>(parts: &[&[u8]]) -> [u8; N] {
+    let mut k = [0u8; N];
+    for (dst, src) in k.iter_mut().zip(parts.iter().flat_map(|p| p.iter())) {
+        *dst = *src;
+    }
+    k
+}
+
+pub(crate) fn envelope_key(id: &ReceiveId, seq: u64) -> [u8; 40] {
+    key(&[&id.0, &seq.to_be_bytes()])
+}
+
+pub(crate) fn split_envelope_key(k: &[u8; 40]) -> (ReceiveId, u64) {
+    let [id @ .., s0, s1, s2, s3, s4, s5, s6, s7] = *k;
+    (
+        ReceiveId(id),
+        u64::from_be_bytes([s0, s1, s2, s3, s4, s5, s6, s7]),
+    )
+}
+
+pub(crate) fn expiry_key(hour: u32, id: &ReceiveId, seq: u64) -> [u8; 44] {
+    key(&[&hour.to_be_bytes(), &id.0, &seq.to_be_bytes()])
+}
+
+pub(crate) fn split_expiry_key(k: &[u8; 44]) -> (u32, ReceiveId, u64) {
+    let [h0, h1, h2, h3, rest @ ..] = *k;
+    let (id, seq) = split_envelope_key(&rest);
+    (u32::from_be_bytes([h0, h1, h2, h3]), id, seq)
+}
+
+pub(crate) fn owner_key(owner: &OwnerKey, id: &ReceiveId) -> [u8; 64] {
+    key(&[&owner.0, &id.0])
+}
+
+/// The receive id half of an `owner_index` key.
+pub(crate) fn owner_key_mailbox(k: &[u8; 64]) -> ReceiveId {
+    let [_, _, _, _, _, _, _, _, rest @ ..] = *k;
+    let [_, _, _, _, _, _, _, _, rest @ ..] = rest;
+    let [_, _, _, _, _, _, _, _, rest @ ..] = rest;
+    let [_, _, _, _, _, _, _, _, id @ ..] = rest;
+    ReceiveId(id)
+}
+
+/// First and last `owner_index` key of one owner.
+pub(crate) fn owner_range(owner: &OwnerKey) -> ([u8; 64], [u8; 64]) {
+    (
+        owner_key(owner, &ReceiveId([0; 32])),
+        owner_key(owner, &ReceiveId([0xff; 32])),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_split_back() {
+        let id = ReceiveId([3; 32]);
+        assert_eq!(split_envelope_key(&envelope_key(&id, 9)), (id, 9));
+        assert_eq!(split_expiry_key(&expiry_key(5, &id, 9)), (5, id, 9));
+        let owner = OwnerKey([4; 32]);
+        assert_eq!(owner_key_mailbox(&owner_key(&owner, &id)), id);
+        assert!(envelope_key(&id, 1) < envelope_key(&id, 256));
+        assert!(expiry_key(1, &ReceiveId([9; 32]), 9) < expiry_key(2, &id, 0));
+    }
+}

@@ -1,0 +1,281 @@
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use chappe_proto::envelope::{BUCKETS, MAX_CIPHERTEXT};
+use chappe_proto::{DeliveryToken, OwnerKey, ResultCode, SendId, TokenDigest};
+
+use super::{Fixture, ct, mailbox};
+
+#[tokio::test]
+async fn enqueue_fetch_ack() {
+    let f = Fixture::new(|_| {});
+    let m = mailbox(&f.store, OwnerKey::random()).await;
+    let (owner, id) = (m.owner, m.info.receive_id);
+    let mut sent = Vec::new();
+    for (i, len) in [1024, 4096, 2048].into_iter().enumerate() {
+        let body = Bytes::from(vec![i as u8; len]);
+        let e = f
+            .store
+            .enqueue(m.info.send_id, m.token, body.clone())
+            .await
+            .unwrap();
+        assert_eq!(e.receive_id, id);
+        assert_eq!(e.seq, i as u64 + 1);
+        sent.push(body);
+    }
+    let s = f.store.stats();
+    assert_eq!((s.envelopes, s.bytes), (3, 1024 + 4096 + 2048));
+
+    let all = f.store.fetch(owner, id, 0, 100, usize::MAX).unwrap();
+    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        all.iter().map(|e| e.ciphertext.clone()).collect::<Vec<_>>(),
+        sent
+    );
+    let from2 = f.store.fetch(owner, id, 2, 1, usize::MAX).unwrap();
+    assert_eq!(from2.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+    // A byte budget stops before the envelope that would overflow it, but
+    // always yields at least one.
+    let tight = f.store.fetch(owner, id, 0, 100, 1024 + 100).unwrap();
+    assert_eq!(tight.len(), 1);
+    assert_eq!(f.store.fetch(owner, id, 2, 100, 1).unwrap().len(), 1);
+    assert!(
+        f.store
+            .fetch(owner, id, 0, 0, usize::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        f.store
+            .fetch(owner, id, 4, 10, usize::MAX)
+            .unwrap()
+            .is_empty()
+    );
+
+    f.store.ack(owner, id, vec![1, 2]).await.unwrap();
+    // Repeats and unknown numbers are fine.
+    f.store.ack(owner, id, vec![2, 3, 3, 99]).await.unwrap();
+    assert!(
+        f.store
+            .fetch(owner, id, 0, 100, usize::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    let s = f.store.stats();
+    assert_eq!((s.envelopes, s.bytes), (0, 0));
+    assert_eq!(f.store.list_mailboxes(owner).unwrap()[0].envelopes, 0);
+    f.assert_consistent();
+}
+
+#[tokio::test]
+async fn sizes_are_checked_before_the_writer() {
+    let f = Fixture::new(|_| {});
+    let m = mailbox(&f.store, OwnerKey::random()).await;
+    let commits = f.store.stats().commits;
+    let send = |len| f.store.enqueue(m.info.send_id, m.token, ct(len));
+    assert_eq!(send(0).await.unwrap_err().code(), ResultCode::BadSize);
+    assert_eq!(send(1000).await.unwrap_err().code(), ResultCode::BadSize);
+    assert_eq!(
+        send(MAX_CIPHERTEXT + 1).await.unwrap_err().code(),
+        ResultCode::TooLarge
+    );
+    assert_eq!(f.store.stats().commits, commits);
+    for len in BUCKETS {
+        send(len).await.unwrap();
+    }
+}
+
+/// Every kind of refusal in one batch, next to sends that succeed: each
+/// gets its own answer and the successes are committed.
+#[tokio::test]
+async fn one_batch_many_outcomes() {
+    let f = Fixture::new(|c| {
+        c.max_envelopes_per_mailbox = 3;
+        c.max_bytes_per_mailbox = 5 * 1024;
+        c.max_mailboxes_per_owner = 2;
+    });
+    let s = &f.store;
+    let good = mailbox(s, OwnerKey::random()).await;
+    let by_count = mailbox(s, OwnerKey::random()).await;
+    let by_bytes = mailbox(s, OwnerKey::random()).await;
+    let rotated = mailbox(s, OwnerKey::random()).await;
+    let full_owner = OwnerKey::random();
+    mailbox(s, full_owner).await;
+    let doomed = mailbox(s, full_owner).await;
+    let new_token = DeliveryToken::random();
+    s.set_tokens(
+        rotated.owner,
+        rotated.info.receive_id,
+        vec![new_token.digest()],
+    )
+    .await
+    .unwrap();
+    let before = s.stats();
+
+    let gate = s.hold();
+    let send = |m: &super::Mb, t: DeliveryToken, len| s.submit_enqueue(m.info.send_id, &t, ct(len));
+    let mut oks = Vec::new();
+    let mut refusals = Vec::new();
+    oks.push(send(&good, good.token, 1024));
+    refusals.push((
+        send(&good, DeliveryToken::random(), 1024),
+        ResultCode::BadToken,
+    ));
+    refusals.push((send(&rotated, rotated.token, 1024), ResultCode::BadToken));
+    oks.push(send(&rotated, new_token, 1024));
+    refusals.push((
+        s.submit_enqueue(SendId::random(), &good.token, ct(1024)),
+        ResultCode::UnknownMailbox,
+    ));
+    for _ in 0..3 {
+        oks.push(send(&by_count, by_count.token, 1024));
+    }
+    refusals.push((
+        send(&by_count, by_count.token, 1024),
+        ResultCode::QuotaExceeded,
+    ));
+    oks.push(send(&by_bytes, by_bytes.token, 4096));
+    refusals.push((
+        send(&by_bytes, by_bytes.token, 2048),
+        ResultCode::QuotaExceeded,
+    ));
+    oks.push(send(&by_bytes, by_bytes.token, 1024));
+    let foreign_ack = s.submit_ack(OwnerKey::random(), good.info.receive_id, vec![1]);
+    let too_many = s.submit_create(full_owner, &[TokenDigest([1; 32])]);
+    let created = s.submit_create(OwnerKey::random(), &[TokenDigest([1; 32])]);
+    // A delete early in the batch makes a later send to that mailbox unknown.
+    let delete = s.submit_delete(doomed.owner, doomed.info.receive_id);
+    refusals.push((
+        send(&doomed, doomed.token, 1024),
+        ResultCode::UnknownMailbox,
+    ));
+    // Never reaches the writer.
+    let bad_size = send(&good, good.token, 1000);
+    let too_large = send(&good, good.token, MAX_CIPHERTEXT + 1);
+    let queued = oks.len() + refusals.len() + 4;
+    drop(gate);
+
+    for p in oks {
+        p.wait().await.unwrap();
+    }
+    for (p, code) in refusals {
+        assert_eq!(p.wait().await.unwrap_err().code(), code);
+    }
+    assert_eq!(
+        too_many.wait().await.unwrap_err().code(),
+        ResultCode::TooManyMailboxes
+    );
+    created.wait().await.unwrap();
+    let e = foreign_ack.wait().await.unwrap_err();
+    assert_eq!(e.code(), ResultCode::UnknownMailbox);
+    delete.wait().await.unwrap();
+    assert_eq!(
+        bad_size.wait().await.unwrap_err().code(),
+        ResultCode::BadSize
+    );
+    assert_eq!(
+        too_large.wait().await.unwrap_err().code(),
+        ResultCode::TooLarge
+    );
+
+    let after = s.stats();
+    assert_eq!(after.commits, before.commits + 1, "one batch, one commit");
+    assert_eq!(after.last_batch_size as usize, queued);
+    assert_eq!(after.envelopes, before.envelopes + 7);
+    assert_eq!(after.mailboxes, before.mailboxes);
+    let count = |m: &super::Mb| s.list_mailboxes(m.owner).unwrap()[0].envelopes;
+    assert_eq!(count(&good), 1);
+    assert_eq!(count(&by_count), 3);
+    assert_eq!(count(&by_bytes), 2);
+    assert_eq!(count(&rotated), 1);
+    f.assert_consistent();
+}
+
+/// Many tasks sending at once: all land, sequence numbers are dense and
+/// unique per mailbox, and batches form (fewer commits than sends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_senders_share_commits() {
+    let f = Fixture::new(|_| {});
+    let mut boxes = Vec::new();
+    for _ in 0..4 {
+        boxes.push(mailbox(&f.store, OwnerKey::random()).await);
+    }
+    let before = f.store.stats().commits;
+    let gate = f.store.hold();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let m = boxes[i % 4];
+        let store = f.store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.enqueue(m.info.send_id, m.token, ct(1024)).await
+        }));
+    }
+    // Let some tasks queue up behind the held writer, then release it.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    drop(gate);
+    let mut seqs: HashMap<_, Vec<u64>> = HashMap::new();
+    for t in tasks {
+        let e = t.await.unwrap().unwrap();
+        seqs.entry(e.receive_id).or_default().push(e.seq);
+    }
+    for (_, mut s) in seqs {
+        s.sort_unstable();
+        assert_eq!(s, (1..=50).collect::<Vec<_>>());
+    }
+    let stats = f.store.stats();
+    assert_eq!(stats.envelopes, 200);
+    assert!(stats.commits - before < 200, "{stats:?}");
+    f.assert_consistent();
+}
+
+#[tokio::test]
+async fn relay_full_by_store_cap() {
+    let f = Fixture::new(|c| c.max_store_bytes = 2048);
+    let a = mailbox(&f.store, OwnerKey::random()).await;
+    let b = mailbox(&f.store, OwnerKey::random()).await;
+    f.store
+        .enqueue(a.info.send_id, a.token, ct(1024))
+        .await
+        .unwrap();
+    f.store
+        .enqueue(b.info.send_id, b.token, ct(1024))
+        .await
+        .unwrap();
+    let e = f
+        .store
+        .enqueue(a.info.send_id, a.token, ct(1024))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ResultCode::RelayFull);
+    // Acks free room again.
+    f.store
+        .ack(a.owner, a.info.receive_id, vec![1])
+        .await
+        .unwrap();
+    f.store
+        .enqueue(a.info.send_id, a.token, ct(1024))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn relay_full_by_disk_watermark() {
+    let f = Fixture::new(|c| c.min_free_disk_bytes = u64::MAX);
+    let m = mailbox(&f.store, OwnerKey::random()).await;
+    let e = f
+        .store
+        .enqueue(m.info.send_id, m.token, ct(1024))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ResultCode::RelayFull);
+    assert!(f.store.stats().disk_low);
+    // Owners can still manage and empty their mailboxes.
+    f.store
+        .ack(m.owner, m.info.receive_id, vec![1])
+        .await
+        .unwrap();
+    f.store
+        .delete_mailbox(m.owner, m.info.receive_id)
+        .await
+        .unwrap();
+}
