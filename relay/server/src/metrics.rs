@@ -52,7 +52,10 @@ impl Metrics {
             handshakes_total: reg(
                 &r,
                 IntCounterVec::new(
-                    Opts::new("handshakes_total", "Noise handshakes, by mode and result."),
+                    Opts::new(
+                        "handshakes_total",
+                        "Handshakes by mode (owner, sender; tls or noise when one failed before the mode was known) and result.",
+                    ),
                     &["mode", "result"],
                 )?,
             )?,
@@ -130,6 +133,16 @@ impl Metrics {
         }
         for mode in ["owner", "sender"] {
             m.connections_active.with_label_values(&[mode]);
+            m.handshakes_total.with_label_values(&[mode, "ok"]);
+        }
+        for stage in ["tls", "noise"] {
+            m.handshakes_total.with_label_values(&[stage, "failed"]);
+        }
+        for kind in ["bad_frame", "wrong_frame", "truncated", "bad_start"] {
+            m.protocol_errors_total.with_label_values(&[kind]);
+        }
+        for code in ResultCode::ALL {
+            m.owner_requests_total.with_label_values(&[code.name()]);
         }
         Ok(m)
     }

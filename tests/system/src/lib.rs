@@ -274,3 +274,90 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Lines a background process prints, readable with a deadline.
+pub struct Lines {
+    rx: std::sync::mpsc::Receiver<String>,
+}
+
+impl Lines {
+    pub fn of(stdout: std::process::ChildStdout) -> Lines {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines { rx }
+    }
+
+    pub fn next(&self, limit: Duration) -> Option<String> {
+        self.rx.recv_timeout(limit).ok()
+    }
+}
+
+/// Writes a relay config file and returns the arguments that load it.
+pub fn config_args(dir: &Path, toml: &str) -> Vec<String> {
+    let path = dir.join("relay.toml");
+    std::fs::write(&path, toml).unwrap();
+    vec!["--config".into(), path.display().to_string()]
+}
+
+/// The pieces of a hand-driven connection, for tests that must send what a
+/// well-behaved client never would.
+pub struct Raw {
+    pub endpoint: quinn::Endpoint,
+    pub conn: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+    pub exporter: [u8; 32],
+}
+
+impl Raw {
+    pub async fn connect(desc: &Descriptor) -> Raw {
+        let (endpoint, conn) = chappe_client::transport::connect(desc).await.unwrap();
+        let mut exporter = [0u8; 32];
+        conn.export_keying_material(&mut exporter, chappe_proto::noise::EXPORTER_LABEL, b"")
+            .unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        Raw {
+            endpoint,
+            conn,
+            send,
+            recv,
+            exporter,
+        }
+    }
+
+    /// Completes an anonymous-sender (NK) handshake by hand.
+    pub async fn sender(desc: &Descriptor) -> Raw {
+        use chappe_proto::noise::{Hello, Mode, SenderInitiator, wire};
+        let mut raw = Raw::connect(desc).await;
+        let (init, m1) = SenderInitiator::start(&desc.relay_key, &raw.exporter, &Hello::default())
+            .unwrap();
+        let mut first = vec![Mode::Sender as u8];
+        first.extend(wire::encode_message(&m1));
+        raw.send.write_all(&first).await.unwrap();
+        let mut len = [0u8; 2];
+        raw.recv.read_exact(&mut len).await.unwrap();
+        let mut m2 = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        raw.recv.read_exact(&mut m2).await.unwrap();
+        init.finish(&m2).unwrap();
+        raw
+    }
+
+    /// Waits for the relay to close the connection; returns its close code.
+    pub async fn close_code(&self) -> Option<u32> {
+        let closed = tokio::time::timeout(Duration::from_secs(10), self.conn.closed())
+            .await
+            .ok()?;
+        match closed {
+            quinn::ConnectionError::ApplicationClosed(c) => {
+                u32::try_from(c.error_code.into_inner()).ok()
+            }
+            _ => None,
+        }
+    }
+}

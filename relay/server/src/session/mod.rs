@@ -134,11 +134,10 @@ async fn serve(relay: &Arc<Relay>, conn: &quinn::Connection) -> Result<(), Sessi
         Err(_) => Err(SessionError::HandshakeTimeout),
     }
     .inspect_err(|e| {
-        let mode = "unknown";
         relay
             .metrics
             .handshakes_total
-            .with_label_values(&[mode, "failed"])
+            .with_label_values(&["noise", "failed"])
             .inc();
         tracing::debug!(error = %e, "Noise handshake failed");
     })?;
