@@ -40,10 +40,10 @@ impl Router {
     }
 
     pub fn unsubscribe(&self, mailbox: &ReceiveId, session: SessionId) {
-        if let Ok(mut l) = self.listeners.lock() {
-            if l.get(mailbox).is_some_and(|(s, _)| *s == session) {
-                l.remove(mailbox);
-            }
+        if let Ok(mut l) = self.listeners.lock()
+            && l.get(mailbox).is_some_and(|(s, _)| *s == session)
+        {
+            l.remove(mailbox);
         }
     }
 

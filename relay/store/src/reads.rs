@@ -132,6 +132,9 @@ impl CheckReport {
     }
 }
 
+/// (envelopes, bytes) of one mailbox.
+type Counts = (u64, u64);
+
 struct Problems {
     list: Vec<String>,
     more: usize,
@@ -163,7 +166,7 @@ pub(crate) fn check(db: &Database) -> Result<CheckReport, StoreError> {
     };
     let mut counted = Totals::default();
     // Per mailbox: (count, bytes) as recorded, and as found.
-    let mut boxes: HashMap<ReceiveId, ((u64, u64), (u64, u64))> = HashMap::new();
+    let mut boxes: HashMap<ReceiveId, (Counts, Counts)> = HashMap::new();
     for row in mailboxes.iter()? {
         let (k, v) = row?;
         let id = ReceiveId(*k.value());

@@ -56,7 +56,8 @@ pub(crate) struct Request {
 pub(crate) enum Op {
     Create {
         owner: OwnerKey,
-        tokens: TokenList,
+        /// Boxed: rare, and 8 inline digests would triple every message.
+        tokens: Box<TokenList>,
     },
     Delete {
         owner: OwnerKey,
@@ -65,7 +66,8 @@ pub(crate) enum Op {
     SetTokens {
         owner: OwnerKey,
         id: ReceiveId,
-        tokens: TokenList,
+        /// Boxed: rare, and 8 inline digests would triple every message.
+        tokens: Box<TokenList>,
     },
     Enqueue {
         send: SendId,

@@ -136,7 +136,13 @@ impl Store {
         tokens: &[TokenDigest],
     ) -> Pending<MailboxInfo> {
         match token_list(tokens) {
-            Ok(tokens) => self.submit(Op::Create { owner, tokens }, Reply::Info),
+            Ok(tokens) => self.submit(
+                Op::Create {
+                    owner,
+                    tokens: Box::new(tokens),
+                },
+                Reply::Info,
+            ),
             Err(e) => Pending(Err(e)),
         }
     }
@@ -159,7 +165,7 @@ impl Store {
         id: ReceiveId,
         tokens: Vec<TokenDigest>,
     ) -> Result<(), RequestError> {
-        let tokens = token_list(&tokens)?;
+        let tokens = Box::new(token_list(&tokens)?);
         self.submit(Op::SetTokens { owner, id, tokens }, Reply::Unit)
             .wait()
             .await
@@ -289,7 +295,7 @@ impl Store {
     }
 
     #[cfg(test)]
-    pub(crate) fn db(&self) -> &Database {
-        &self.inner.db
+    pub(crate) fn is_closing(&self) -> bool {
+        self.inner.closing.load(Ordering::Acquire)
     }
 }

@@ -46,6 +46,13 @@ pub(crate) struct Writer {
     totals: Totals,
 }
 
+/// A batch that made it to disk: one outcome per request, in order.
+struct Committed {
+    outcomes: Vec<Result<Answer, RequestError>>,
+    totals: Totals,
+    swept: u64,
+}
+
 /// What to do once the current batch is committed.
 enum After {
     Continue,
@@ -127,7 +134,11 @@ impl Writer {
     /// envelopes the periodic sweep (if asked for) deleted.
     fn run_batch(&mut self, batch: Vec<Request>, sweep: Option<usize>) -> u64 {
         match self.commit(&batch, sweep) {
-            Ok((outcomes, totals, swept)) => {
+            Ok(Committed {
+                outcomes,
+                totals,
+                swept,
+            }) => {
                 self.totals = totals;
                 self.counters
                     .committed(totals, batch.len(), self.disk.last());
@@ -149,12 +160,7 @@ impl Writer {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn commit(
-        &mut self,
-        batch: &[Request],
-        sweep: Option<usize>,
-    ) -> Result<(Vec<Result<Answer, RequestError>>, Totals, u64), StoreError> {
+    fn commit(&mut self, batch: &[Request], sweep: Option<usize>) -> Result<Committed, StoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         let now_secs = self.clock.now_secs();
@@ -181,7 +187,11 @@ impl Writer {
             (outcomes, tx.totals(), swept)
         };
         txn.commit()?;
-        Ok((outcomes, totals, swept))
+        Ok(Committed {
+            outcomes,
+            totals,
+            swept,
+        })
     }
 }
 

@@ -335,8 +335,8 @@ impl Raw {
     pub async fn sender(desc: &Descriptor) -> Raw {
         use chappe_proto::noise::{Hello, Mode, SenderInitiator, wire};
         let mut raw = Raw::connect(desc).await;
-        let (init, m1) = SenderInitiator::start(&desc.relay_key, &raw.exporter, &Hello::default())
-            .unwrap();
+        let (init, m1) =
+            SenderInitiator::start(&desc.relay_key, &raw.exporter, &Hello::default()).unwrap();
         let mut first = vec![Mode::Sender as u8];
         first.extend(wire::encode_message(&m1));
         raw.send.write_all(&first).await.unwrap();

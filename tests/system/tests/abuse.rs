@@ -20,7 +20,9 @@ async fn garbage_and_malformed_frames() {
     let desc = relay.descriptor();
 
     // A healthy owner session that must live through all of this.
-    let mut owner = OwnerSession::connect(&desc, &Keypair::generate()).await.unwrap();
+    let mut owner = OwnerSession::connect(&desc, &Keypair::generate())
+        .await
+        .unwrap();
     let token = DeliveryToken::random();
     let (mailbox, send_id) = owner.create_mailbox(&[token]).await.unwrap();
     owner.subscribe(mailbox).await.unwrap();
@@ -92,7 +94,10 @@ async fn garbage_and_malformed_frames() {
     assert!(relay.is_running(), "relay died");
     // The owner session from before is still alive and served.
     let sender = Sender::connect(&desc).await.unwrap();
-    sender.send(send_id, token, Bytes::from(vec![1u8; 2048])).await.unwrap();
+    sender
+        .send(send_id, token, Bytes::from(vec![1u8; 2048]))
+        .await
+        .unwrap();
     let d = tokio::time::timeout(Duration::from_secs(10), owner.next_delivery())
         .await
         .unwrap()

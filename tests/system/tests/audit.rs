@@ -23,7 +23,10 @@ fn store_and_logs_hold_no_sender_token_or_plaintext() {
     }
     relay.stop();
 
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let bob_home = Home::open(bob.home.clone()).unwrap();
     let bob_key = bob_home.identity(now).unwrap().public_key();
     let alice_home = Home::open(alice.home.clone()).unwrap();
@@ -32,14 +35,35 @@ fn store_and_logs_hold_no_sender_token_or_plaintext() {
     let fingerprint = bob_key.fingerprint();
     let mut needles: Vec<(String, Vec<u8>)> = vec![
         ("sender identity key".into(), bob_key.to_bytes().to_vec()),
-        ("sender key hex".into(), hex::encode(bob_key.to_bytes()).into_bytes()),
-        ("sender key base64".into(), URL_SAFE_NO_PAD.encode(bob_key.to_bytes()).into_bytes()),
-        ("sender fingerprint".into(), fingerprint.clone().into_bytes()),
-        ("sender fingerprint, no spaces".into(), fingerprint.replace(' ', "").into_bytes()),
+        (
+            "sender key hex".into(),
+            hex::encode(bob_key.to_bytes()).into_bytes(),
+        ),
+        (
+            "sender key base64".into(),
+            URL_SAFE_NO_PAD.encode(bob_key.to_bytes()).into_bytes(),
+        ),
+        (
+            "sender fingerprint".into(),
+            fingerprint.clone().into_bytes(),
+        ),
+        (
+            "sender fingerprint, no spaces".into(),
+            fingerprint.replace(' ', "").into_bytes(),
+        ),
         ("token".into(), token.as_bytes().to_vec()),
-        ("token hex".into(), hex::encode(token.as_bytes()).into_bytes()),
-        ("token base64url".into(), URL_SAFE_NO_PAD.encode(token.as_bytes()).into_bytes()),
-        ("token base64".into(), STANDARD.encode(token.as_bytes()).into_bytes()),
+        (
+            "token hex".into(),
+            hex::encode(token.as_bytes()).into_bytes(),
+        ),
+        (
+            "token base64url".into(),
+            URL_SAFE_NO_PAD.encode(token.as_bytes()).into_bytes(),
+        ),
+        (
+            "token base64".into(),
+            STANDARD.encode(token.as_bytes()).into_bytes(),
+        ),
         ("plaintext".into(), secret_text.as_bytes().to_vec()),
     ];
     needles.push(("sender certificate key".into(), {
@@ -48,7 +72,10 @@ fn store_and_logs_hold_no_sender_token_or_plaintext() {
     }));
 
     let store = std::fs::read(relay.state.join("store.redb")).unwrap();
-    assert!(store.len() > 5 * 2048, "the store should hold the envelopes");
+    assert!(
+        store.len() > 5 * 2048,
+        "the store should hold the envelopes"
+    );
     let log = std::fs::read(&relay.log).unwrap();
     assert!(!log.is_empty());
     for (what, needle) in &needles {

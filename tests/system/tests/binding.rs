@@ -20,9 +20,14 @@ async fn handshake_replayed_into_another_connection_fails() {
         let a = Raw::connect(&desc).await;
         let m1 = match mode {
             Mode::Owner => {
-                OwnerInitiator::start(&Keypair::generate(), &desc.relay_key, &a.exporter, &Hello::default())
-                    .unwrap()
-                    .1
+                OwnerInitiator::start(
+                    &Keypair::generate(),
+                    &desc.relay_key,
+                    &a.exporter,
+                    &Hello::default(),
+                )
+                .unwrap()
+                .1
             }
             Mode::Sender => {
                 SenderInitiator::start(&desc.relay_key, &a.exporter, &Hello::default())

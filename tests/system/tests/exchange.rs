@@ -39,11 +39,15 @@ fn both_online_both_ways() {
     std::thread::sleep(Duration::from_millis(500));
 
     bob.ok(&["send", alice_card.trim(), "hi alice, bob here"]);
-    let got = alice_lines.next(Duration::from_secs(20)).expect("alice got nothing");
+    let got = alice_lines
+        .next(Duration::from_secs(20))
+        .expect("alice got nothing");
     assert_eq!(got, format!("from {bob_fp}: hi alice, bob here"));
 
     alice.ok(&["send", bob_card.trim(), "hello bob"]);
-    let got = bob_lines.next(Duration::from_secs(20)).expect("bob got nothing");
+    let got = bob_lines
+        .next(Duration::from_secs(20))
+        .expect("bob got nothing");
     assert_eq!(got, format!("from {alice_fp}: hello bob"));
 
     // Acknowledged once shown: nothing waits on the relay any more.
@@ -66,7 +70,11 @@ fn offline_survives(kill9: bool) {
 
     // Alice is offline; Bob's send is answered only once it is on disk.
     bob.ok(&["send", card.trim(), "while you were away"]);
-    assert!(waiting(&alice).contains(" 1 waiting"), "{}", waiting(&alice));
+    assert!(
+        waiting(&alice).contains(" 1 waiting"),
+        "{}",
+        waiting(&alice)
+    );
 
     if kill9 {
         relay.kill9();
@@ -79,7 +87,8 @@ fn offline_survives(kill9: bool) {
     assert_eq!(out, format!("from {bob_fp}: while you were away\n"));
     // Acknowledged: gone from the store, and a second recv shows nothing.
     assert!(
-        wait_until(Duration::from_secs(5), || waiting(&alice).contains(" 0 waiting")),
+        wait_until(Duration::from_secs(5), || waiting(&alice)
+            .contains(" 0 waiting")),
         "{}",
         waiting(&alice)
     );
@@ -116,4 +125,20 @@ fn readyz_and_metrics() {
     }
     assert_eq!(relay.http_get("/nope").0, 404);
     assert!(relay.stop().success());
+}
+
+#[test]
+fn library_example_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path());
+    let out = std::process::Command::new(chappe_system_tests::bin_dir().join("examples/roundtrip"))
+        .arg(&relay.descriptor)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with(": hello\n"));
 }

@@ -26,7 +26,9 @@ async fn each_refusal_has_its_code_and_others_are_served() {
     let relay = Relay::start_with(dir.path(), &args);
     let desc = relay.descriptor();
 
-    let owner = OwnerSession::connect(&desc, &Keypair::generate()).await.unwrap();
+    let owner = OwnerSession::connect(&desc, &Keypair::generate())
+        .await
+        .unwrap();
     let token = DeliveryToken::random();
     let (mailbox, send_id) = owner.create_mailbox(&[token]).await.unwrap();
     let other_token = DeliveryToken::random();
@@ -37,7 +39,11 @@ async fn each_refusal_has_its_code_and_others_are_served() {
 
     // Wrong token.
     assert_eq!(
-        code(sender.send(send_id, DeliveryToken::random(), env(2048)).await),
+        code(
+            sender
+                .send(send_id, DeliveryToken::random(), env(2048))
+                .await
+        ),
         Some(ResultCode::BadToken)
     );
     // Unknown mailbox.
@@ -80,7 +86,9 @@ async fn each_refusal_has_its_code_and_others_are_served() {
 
     // The owner side: deleting a mailbox someone else owns is refused as
     // unknown (no existence oracle), and so is a mailbox that is gone.
-    let stranger = OwnerSession::connect(&desc, &Keypair::generate()).await.unwrap();
+    let stranger = OwnerSession::connect(&desc, &Keypair::generate())
+        .await
+        .unwrap();
     assert_eq!(
         code(stranger.delete_mailbox(mailbox).await),
         Some(ResultCode::UnknownMailbox)

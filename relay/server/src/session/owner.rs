@@ -147,7 +147,7 @@ impl Owner<'_> {
                         .map(|m| MailboxEntry {
                             mailbox: m.receive_id,
                             send_id: m.send_id,
-                            stored: u32::try_from(m.envelopes).unwrap_or(u32::MAX),
+                            stored: m.envelopes,
                         })
                         .collect();
                     self.reply(Frame::MailboxList { req, entries }).await;
