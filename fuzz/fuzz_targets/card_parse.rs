@@ -42,10 +42,14 @@ fuzz_target!(|data: &[u8]| {
         DeliveryToken([!b; 32]),
         MAILBOX.public_key().clone(),
     );
-    let valid = !relay.is_empty()
-        && relay.len() <= MAX_RELAY_LEN
-        && !relay.chars().any(char::is_control);
-    assert_eq!(made.is_ok(), valid, "Card::new on {relay:?}: {:?}", made.as_ref().err());
+    let valid =
+        !relay.is_empty() && relay.len() <= MAX_RELAY_LEN && !relay.chars().any(char::is_control);
+    assert_eq!(
+        made.is_ok(),
+        valid,
+        "Card::new on {relay:?}: {:?}",
+        made.as_ref().err()
+    );
     let Ok(card) = made else {
         return;
     };
@@ -66,5 +70,8 @@ fuzz_target!(|data: &[u8]| {
     }
     bytes[pos] = new;
     let tampered = String::from_utf8(bytes).unwrap_or_default();
-    assert!(Card::parse(&tampered).is_err(), "card with one character changed at {pos} parsed");
+    assert!(
+        Card::parse(&tampered).is_err(),
+        "card with one character changed at {pos} parsed"
+    );
 });

@@ -32,7 +32,10 @@ fuzz_target!(|data: &[u8]| {
             let printed = d.to_string();
             assert_eq!(printed.parse::<Descriptor>().as_ref(), Ok(&d), "{printed}");
             assert_eq!(
-                printed.parse::<Descriptor>().map(|d2| d2.to_string()).as_deref(),
+                printed
+                    .parse::<Descriptor>()
+                    .map(|d2| d2.to_string())
+                    .as_deref(),
                 Ok(printed.as_str())
             );
             assert_eq!(d.address(), format!("{}:{}", d.host, d.port));

@@ -12,8 +12,8 @@
 use std::sync::LazyLock;
 
 use chappe_fuzz::{
-    E_MSG_OVERHEAD, EXPORTER, MsgMode, RELAY_SECRET, check_raw_outcome, expected_hello,
-    msg_mode, mutate, raw_read, raw_state, raw_write,
+    E_MSG_OVERHEAD, EXPORTER, MsgMode, RELAY_SECRET, check_raw_outcome, expected_hello, msg_mode,
+    mutate, raw_read, raw_state, raw_write,
 };
 use chappe_proto::OwnerKey;
 use chappe_proto::noise::{
@@ -47,7 +47,12 @@ fn owner(mode: MsgMode<'_>) {
             let (msg, same) = mutate(mode, &genuine);
             let r = init.finish(&msg);
             check_raw_outcome(&msg, E_MSG_OVERHEAD, true, r.as_ref().map(|_| ()));
-            assert_eq!(r.is_ok(), same, "changed message 2 accepted, or genuine one refused: {:?}", r.as_ref().err());
+            assert_eq!(
+                r.is_ok(),
+                same,
+                "changed message 2 accepted, or genuine one refused: {:?}",
+                r.as_ref().err()
+            );
             if let Ok((msg3, est_c)) = r {
                 assert_eq!(est_c.peer_hello, Hello::default());
                 match wait.read_final(&msg3) {
@@ -70,7 +75,11 @@ fn owner(mode: MsgMode<'_>) {
             assert_eq!(r.as_ref().map(|(_, est)| &est.peer_hello), want.as_ref());
             if let Ok((msg3, est_c)) = r {
                 let _ = raw_read(&mut hs, &msg3);
-                assert_eq!(hs.get_rs(), Some(OWNER.public()), "message 3 names another key");
+                assert_eq!(
+                    hs.get_rs(),
+                    Some(OWNER.public()),
+                    "message 3 names another key"
+                );
                 assert_eq!(hs.get_hash(), &est_c.handshake_hash[..]);
             }
         }
@@ -98,7 +107,12 @@ fn sender(mode: MsgMode<'_>) {
             let (msg, same) = mutate(mode, &genuine);
             let r = init.finish(&msg);
             check_raw_outcome(&msg, E_MSG_OVERHEAD, true, r.as_ref().map(|_| ()));
-            assert_eq!(r.is_ok(), same, "changed message 2 accepted, or genuine one refused: {:?}", r.as_ref().err());
+            assert_eq!(
+                r.is_ok(),
+                same,
+                "changed message 2 accepted, or genuine one refused: {:?}",
+                r.as_ref().err()
+            );
             if let Ok(est_c) = r {
                 assert_eq!(est_c.peer_hello, Hello::default());
                 assert_eq!(est_c.handshake_hash, est_r.handshake_hash);

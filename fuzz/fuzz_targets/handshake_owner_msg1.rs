@@ -54,7 +54,11 @@ fn complete(resp: OwnerResponder, client: Client) {
     match wait.read_final(&msg3) {
         Ok((key, est)) => {
             assert_eq!(key, OwnerKey(OWNER.public()), "wrong owner key");
-            assert_eq!(est.handshake_hash.to_vec(), client_hash, "handshake hashes differ");
+            assert_eq!(
+                est.handshake_hash.to_vec(),
+                client_hash,
+                "handshake hashes differ"
+            );
         }
         Err(e) => panic!("relay refused a genuine message 3: {e:?}"),
     }
@@ -84,7 +88,12 @@ fuzz_target!(|data: &[u8]| {
             let (msg, same) = mutate(mode, &genuine);
             let r = OwnerResponder::read_request(&RELAY, &EXPORTER, &msg);
             check_raw_outcome(&msg, E_MSG_OVERHEAD, true, r.as_ref().map(|_| ()));
-            assert_eq!(r.is_ok(), same, "changed message 1 accepted, or genuine one refused: {:?}", r.as_ref().err());
+            assert_eq!(
+                r.is_ok(),
+                same,
+                "changed message 1 accepted, or genuine one refused: {:?}",
+                r.as_ref().err()
+            );
             if let Ok(resp) = r {
                 complete(resp, Client::Wrapped(init));
             }

@@ -12,12 +12,12 @@
 use std::sync::LazyLock;
 
 use chappe_fuzz::{
-    EXPORTER, MsgMode, OWNER_SECRET, S_MSG_OVERHEAD, check_raw_outcome, msg_mode, mutate,
-    raw_read, raw_state, raw_write,
+    EXPORTER, MsgMode, OWNER_SECRET, S_MSG_OVERHEAD, check_raw_outcome, msg_mode, mutate, raw_read,
+    raw_state, raw_write,
 };
 use chappe_proto::OwnerKey;
 use chappe_proto::noise::{
-    Hello, HandshakeError, Keypair, MAX_HANDSHAKE_MSG, OwnerAwaitingFinal, OwnerInitiator,
+    HandshakeError, Hello, Keypair, MAX_HANDSHAKE_MSG, OwnerAwaitingFinal, OwnerInitiator,
     OwnerResponder,
 };
 use libfuzzer_sys::fuzz_target;
@@ -45,11 +45,18 @@ fn wrapped_client() -> (OwnerInitiator, Vec<u8>) {
     }
 }
 
-fn check_accepted(r: Result<(OwnerKey, chappe_proto::noise::Established), HandshakeError>, client_hash: &[u8]) {
+fn check_accepted(
+    r: Result<(OwnerKey, chappe_proto::noise::Established), HandshakeError>,
+    client_hash: &[u8],
+) {
     match r {
         Ok((key, est)) => {
             assert_eq!(key, OwnerKey(OWNER.public()), "wrong owner key");
-            assert_eq!(&est.handshake_hash[..], client_hash, "handshake hashes differ");
+            assert_eq!(
+                &est.handshake_hash[..],
+                client_hash,
+                "handshake hashes differ"
+            );
             assert_eq!(est.peer_hello, Hello::default());
         }
         Err(e) => panic!("relay refused a valid message 3: {e:?}"),
@@ -66,7 +73,11 @@ fuzz_target!(|data: &[u8]| {
             let (wait, _msg2) = relay_after(&msg1);
             let r = wait.read_final(msg);
             check_raw_outcome(msg, S_MSG_OVERHEAD, false, r.as_ref().map(|_| ()));
-            assert!(r.is_err(), "raw bytes authenticated an owner: {:?}", r.ok().map(|x| x.0));
+            assert!(
+                r.is_err(),
+                "raw bytes authenticated an owner: {:?}",
+                r.ok().map(|x| x.0)
+            );
         }
         MsgMode::Tamper(_) | MsgMode::Truncate(_) => {
             let (init, msg1) = wrapped_client();

@@ -42,7 +42,11 @@ fn complete(resp: SenderResponder, client: Client) {
             hs.get_hash().to_vec()
         }
     };
-    assert_eq!(relay_est.handshake_hash.to_vec(), client_hash, "handshake hashes differ");
+    assert_eq!(
+        relay_est.handshake_hash.to_vec(),
+        client_hash,
+        "handshake hashes differ"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -67,7 +71,12 @@ fuzz_target!(|data: &[u8]| {
             let (msg, same) = mutate(mode, &genuine);
             let r = SenderResponder::read_request(&RELAY, &EXPORTER, &msg);
             check_raw_outcome(&msg, E_MSG_OVERHEAD, true, r.as_ref().map(|_| ()));
-            assert_eq!(r.is_ok(), same, "changed message 1 accepted, or genuine one refused: {:?}", r.as_ref().err());
+            assert_eq!(
+                r.is_ok(),
+                same,
+                "changed message 1 accepted, or genuine one refused: {:?}",
+                r.as_ref().err()
+            );
             if let Ok(resp) = r {
                 complete(resp, Client::Wrapped(init));
             }

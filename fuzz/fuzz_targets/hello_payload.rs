@@ -16,11 +16,19 @@ fuzz_target!(|data: &[u8]| {
         assert!(data.len() <= MAX_PAYLOAD);
         let enc = h.encode();
         assert_eq!(Hello::decode(&enc).as_ref(), Ok(h), "round trip");
-        assert_eq!(Hello::decode(&enc).map(|h2| h2.encode()), Ok(enc), "encode is canonical");
+        assert_eq!(
+            Hello::decode(&enc).map(|h2| h2.encode()),
+            Ok(enc),
+            "encode is canonical"
+        );
     }
     if data.len() + 3 <= MAX_PAYLOAD && got != Err(PayloadError::Truncated) {
         let mut extended = data.to_vec();
         extended.extend_from_slice(&[0x10, 0, 0]);
-        assert_eq!(Hello::decode(&extended), got, "unknown non-critical item changed the outcome");
+        assert_eq!(
+            Hello::decode(&extended),
+            got,
+            "unknown non-critical item changed the outcome"
+        );
     }
 });

@@ -62,7 +62,11 @@ impl Reader {
                 Phase::Handshake(left) => match self.inb.take_handshake() {
                     Ok(None) => return,
                     Ok(Some(msg)) => {
-                        let next = if left > 1 { Phase::Handshake(left - 1) } else { Phase::Frames };
+                        let next = if left > 1 {
+                            Phase::Handshake(left - 1)
+                        } else {
+                            Phase::Frames
+                        };
                         (next, Event::Handshake(msg))
                     }
                     Err(e) => (Phase::Failed, Event::StartErr(e)),
@@ -105,5 +109,9 @@ fuzz_target!(|data: &[u8]| {
     }
 
     assert_eq!(chunked.events, whole.events, "chunking changed the events");
-    assert_eq!(chunked.inb.is_empty(), whole.inb.is_empty(), "different leftovers");
+    assert_eq!(
+        chunked.inb.is_empty(),
+        whole.inb.is_empty(),
+        "different leftovers"
+    );
 });

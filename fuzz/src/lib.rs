@@ -262,7 +262,11 @@ pub fn check_frame(frame: &Frame, wire: Option<&[u8]>) {
         Ok(Some(again)) => assert_eq!(&again, frame, "frame changed in a round trip"),
         other => panic!("encoding of {frame:?} does not decode: {other:?}"),
     }
-    assert!(buf.is_empty(), "{} bytes left after a round trip", buf.len());
+    assert!(
+        buf.is_empty(),
+        "{} bytes left after a round trip",
+        buf.len()
+    );
     let body = Bytes::copy_from_slice(enc.get(4..).unwrap_or_default());
     assert_eq!(Frame::decode_body(body).as_ref(), Ok(frame), "decode_body");
 }

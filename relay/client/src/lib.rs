@@ -47,3 +47,4 @@ pub mod transport;
 
 pub use error::ClientError;
 pub use session::{Delivery, OwnerSession, Sender};
+pub mod bench;

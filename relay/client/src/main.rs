@@ -53,6 +53,8 @@ enum Command {
         /// The message; "-" or nothing reads standard input.
         message: Option<String>,
     },
+    /// Load-test a running relay (see docs/BENCHMARKS.md).
+    Bench(BenchArgs),
     /// Print messages waiting in your mailboxes, acknowledging each once shown.
     Recv {
         /// Keep running and print messages as they arrive.
@@ -62,6 +64,45 @@ enum Command {
         #[arg(long)]
         mailbox: Option<String>,
     },
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[arg(long, env = "CHAPPE_RELAY")]
+    relay: String,
+    /// Owner sessions (one mailbox each).
+    #[arg(long, default_value_t = 1)]
+    owners: usize,
+    /// Anonymous sender connections.
+    #[arg(long, default_value_t = 8)]
+    senders: usize,
+    /// Envelope size in bytes (a bucket: 1024, 2048, 4096, 16384, 65536).
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// online: owners connected; offline: store, then fetch + ack.
+    #[arg(long, value_enum, default_value = "online")]
+    mode: BenchMode,
+    /// Target sends per second over all senders; 0 = closed loop at max.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Outstanding sends per sender connection in closed loop.
+    #[arg(long, default_value_t = 32)]
+    inflight: usize,
+    /// Seconds to send for.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// The relay's pid, to report its CPU and memory.
+    #[arg(long)]
+    relay_pid: Option<u32>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchMode {
+    Online,
+    Offline,
 }
 
 #[derive(Subcommand)]
@@ -121,8 +162,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let command = match cli.command {
+        Command::Bench(a) => return bench(a).await,
+        other => other,
+    };
     let home = Home::open(cli.home.unwrap_or_else(Home::default_dir))?;
-    match cli.command {
+    match command {
         Command::Init => {
             let existed = home.has_identity();
             let id = home.init(now())?;
@@ -139,6 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Send { card, message } => send(&home, &card, message).await?,
         Command::Recv { follow, mailbox } => recv(&home, follow, mailbox.as_deref()).await?,
+        Command::Bench(_) => {}
     }
     Ok(())
 }
@@ -163,6 +209,30 @@ fn card(home: &Home, m: &Mailbox) -> anyhow::Result<String> {
 fn descriptor(text: &str) -> anyhow::Result<Descriptor> {
     text.parse()
         .map_err(|e| anyhow!("relay descriptor \"{text}\": {e}"))
+}
+
+async fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    use chappe_client::bench;
+    let cfg = bench::BenchConfig {
+        owners: a.owners,
+        senders: a.senders,
+        size: a.size,
+        mode: match a.mode {
+            BenchMode::Online => bench::Mode::Online,
+            BenchMode::Offline => bench::Mode::Offline,
+        },
+        rate: a.rate,
+        inflight: a.inflight,
+        duration: Duration::try_from_secs_f64(a.seconds).context("--seconds")?,
+        relay_pid: a.relay_pid,
+    };
+    let report = bench::run(&descriptor(&a.relay)?, &cfg).await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(())
 }
 
 async fn mailbox(home: &Home, cmd: MailboxCmd) -> anyhow::Result<()> {

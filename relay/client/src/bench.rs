@@ -1,0 +1,490 @@
+//! The load generator behind `chappe bench`: owner sessions and anonymous
+//! senders over real QUIC against a running relay.
+//!
+//! Envelopes are random bytes of a bucket size (the relay cannot tell them
+//! from sealed ones), except for a 16-byte header: nanoseconds since the
+//! bench started and a sequence number, which the owner side reads back to
+//! measure delivery latency. Latencies go into HDR histograms (µs).
+//!
+//! - *online*: owners are subscribed; a send counts when its owner got the
+//!   envelope (and acks it in batches); the send's own latency is the time
+//!   to a durable OK.
+//! - *offline*: senders fill the mailboxes with nobody listening; then the
+//!   owners subscribe and fetch + ack the whole backlog, timed separately.
+//!
+//! Closed loop (`rate = 0`) keeps `inflight` sends outstanding per
+//! connection; open loop schedules sends at a fixed rate and measures
+//! latency from the scheduled time, so a stall shows up in the tail
+//! (no coordinated omission).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chappe_proto::descriptor::Descriptor;
+use chappe_proto::noise::Keypair;
+use chappe_proto::{DeliveryToken, ReceiveId, SendId};
+use hdrhistogram::Histogram;
+use rand::RngCore;
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use crate::error::ClientError;
+use crate::session::{OwnerSession, Sender};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Online,
+    Offline,
+}
+
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub owners: usize,
+    pub senders: usize,
+    /// Envelope size in bytes; must be a bucket size.
+    pub size: usize,
+    pub mode: Mode,
+    /// Target sends per second over all senders; 0 = closed loop.
+    pub rate: u64,
+    /// Outstanding sends per sender connection (closed loop).
+    pub inflight: usize,
+    pub duration: Duration,
+    /// The relay's pid, to report its CPU time and memory.
+    pub relay_pid: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Percentiles {
+        Percentiles {
+            count: h.len(),
+            p50_us: h.value_at_quantile(0.5),
+            p90_us: h.value_at_quantile(0.9),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub mode: Mode,
+    pub owners: usize,
+    pub senders: usize,
+    pub size: usize,
+    pub rate_target: u64,
+    pub seconds: f64,
+    /// Sends answered OK (durable on the relay).
+    pub sent: u64,
+    pub send_per_sec: f64,
+    /// Online: envelopes received by owners during the run.
+    pub delivered: u64,
+    pub delivered_per_sec: f64,
+    pub errors: BTreeMap<String, u64>,
+    pub send_latency: Percentiles,
+    pub delivery_latency: Option<Percentiles>,
+    /// Offline: seconds and rate to fetch + ack the backlog.
+    pub drain_seconds: Option<f64>,
+    pub drain_per_sec: Option<f64>,
+    /// Relay CPU time used during the run, in cores (1.0 = one core busy).
+    pub relay_cpu_cores: Option<f64>,
+    pub relay_rss_kib: Option<u64>,
+    pub relay_peak_rss_kib: Option<u64>,
+}
+
+// 1 µs .. 100 s at 3 significant digits: constant, valid bounds.
+#[allow(clippy::expect_used)]
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000, 3).expect("constant histogram bounds")
+}
+
+fn record(h: &mut Histogram<u64>, d: Duration) {
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
+    let _ = h.record(us.min(100_000_000));
+}
+
+struct Target {
+    send_id: SendId,
+    token: DeliveryToken,
+}
+
+struct Shared {
+    start: Instant,
+    stop: AtomicBool,
+    sent: AtomicU64,
+    delivered: AtomicU64,
+    errors: Mutex<BTreeMap<String, u64>>,
+    send_hist: Mutex<Histogram<u64>>,
+    delivery_hist: Mutex<Histogram<u64>>,
+}
+
+impl Shared {
+    async fn error(&self, e: &ClientError) {
+        let key = match e.code() {
+            Some(c) => c.name().to_string(),
+            None => "connection".to_string(),
+        };
+        *self.errors.lock().await.entry(key).or_insert(0) += 1;
+    }
+}
+
+fn envelope(size: usize, start: Instant, n: u64) -> Bytes {
+    let mut b = vec![0u8; size];
+    rand::thread_rng().fill_bytes(&mut b);
+    let t = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let mut header = [0u8; 16];
+    header[..8].copy_from_slice(&t.to_be_bytes());
+    header[8..].copy_from_slice(&n.to_be_bytes());
+    if let Some(h) = b.get_mut(..16) {
+        h.copy_from_slice(&header);
+    }
+    Bytes::from(b)
+}
+
+fn sent_at(ciphertext: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(ciphertext.get(..8)?.try_into().ok()?))
+}
+
+/// Process CPU ticks (user + system) and RSS/peak RSS from /proc.
+fn proc_sample(pid: u32) -> Option<(u64, u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |key: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((utime + stime, kib("VmRSS:")?, kib("VmHWM:")?))
+}
+
+/// Clock ticks per second for /proc times (USER_HZ, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+pub async fn run(desc: &Descriptor, cfg: &BenchConfig) -> Result<BenchReport, ClientError> {
+    chappe_proto::envelope::check_len(cfg.size).map_err(ClientError::Refused)?;
+    let shared = Arc::new(Shared {
+        start: Instant::now(),
+        stop: AtomicBool::new(false),
+        sent: AtomicU64::new(0),
+        delivered: AtomicU64::new(0),
+        errors: Mutex::default(),
+        send_hist: Mutex::new(histogram()),
+        delivery_hist: Mutex::new(histogram()),
+    });
+
+    // Owners and their mailboxes.
+    let mut owners = Vec::new();
+    let mut targets = Vec::new();
+    for _ in 0..cfg.owners.max(1) {
+        let s = OwnerSession::connect(desc, &Keypair::generate()).await?;
+        let token = DeliveryToken::random();
+        let (mailbox, send_id) = s.create_mailbox(&[token]).await?;
+        targets.push(Target { send_id, token });
+        owners.push((s, mailbox));
+    }
+    let targets = Arc::new(targets);
+
+    let mut owner_tasks = Vec::new();
+    if cfg.mode == Mode::Online {
+        for (s, mailbox) in owners.drain(..) {
+            s.subscribe(mailbox).await?;
+            owner_tasks.push(tokio::spawn(receive(s, mailbox, shared.clone(), None)));
+        }
+    }
+
+    let sample0 = cfg.relay_pid.and_then(proc_sample);
+    let t0 = Instant::now();
+    let mut sender_tasks = Vec::new();
+    for i in 0..cfg.senders.max(1) {
+        let sender = Arc::new(Sender::connect(desc).await?);
+        sender_tasks.push(tokio::spawn(drive(
+            sender,
+            i,
+            targets.clone(),
+            shared.clone(),
+            cfg.clone(),
+        )));
+    }
+    tokio::time::sleep(cfg.duration).await;
+    shared.stop.store(true, Ordering::Relaxed);
+    for t in sender_tasks {
+        let _ = t.await;
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let sent = shared.sent.load(Ordering::Relaxed);
+
+    let (mut drain_seconds, mut drain_per_sec) = (None, None);
+    if cfg.mode == Mode::Online {
+        // Give the last deliveries a moment, then stop the owners.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while shared.delivered.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for t in &owner_tasks {
+            t.abort();
+        }
+    } else {
+        let d0 = Instant::now();
+        let per_owner = sent / u64::try_from(owners.len().max(1)).unwrap_or(1);
+        let mut tasks = Vec::new();
+        for (s, mailbox) in owners.drain(..) {
+            s.subscribe(mailbox).await?;
+            shared.stop.store(false, Ordering::Relaxed);
+            tasks.push(tokio::spawn(receive(
+                s,
+                mailbox,
+                shared.clone(),
+                Some(per_owner),
+            )));
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while shared.delivered.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let d = d0.elapsed().as_secs_f64();
+        for t in tasks {
+            t.abort();
+        }
+        drain_seconds = Some(d);
+        drain_per_sec = Some(shared.delivered.load(Ordering::Relaxed) as f64 / d);
+    }
+    let sample1 = cfg.relay_pid.and_then(proc_sample);
+    let wall = t0.elapsed().as_secs_f64();
+    let delivered = shared.delivered.load(Ordering::Relaxed);
+    let cpu = match (sample0, sample1) {
+        (Some(a), Some(b)) => Some((b.0.saturating_sub(a.0)) as f64 / USER_HZ / wall),
+        _ => None,
+    };
+    let errors = shared.errors.lock().await.clone();
+    let send_latency = Percentiles::of(&*shared.send_hist.lock().await);
+    let dh = shared.delivery_hist.lock().await;
+    Ok(BenchReport {
+        mode: cfg.mode,
+        owners: cfg.owners.max(1),
+        senders: cfg.senders.max(1),
+        size: cfg.size,
+        rate_target: cfg.rate,
+        seconds,
+        sent,
+        send_per_sec: sent as f64 / seconds,
+        delivered,
+        delivered_per_sec: if cfg.mode == Mode::Online {
+            delivered as f64 / seconds
+        } else {
+            0.0
+        },
+        errors,
+        send_latency,
+        delivery_latency: (cfg.mode == Mode::Online).then(|| Percentiles::of(&dh)),
+        drain_seconds,
+        drain_per_sec,
+        relay_cpu_cores: cpu,
+        relay_rss_kib: sample1.map(|s| s.1),
+        relay_peak_rss_kib: sample1.map(|s| s.2),
+    })
+}
+
+/// One sender connection: closed loop with `inflight` workers, or open
+/// loop at `rate / senders` per second.
+async fn drive(
+    sender: Arc<Sender>,
+    index: usize,
+    targets: Arc<Vec<Target>>,
+    shared: Arc<Shared>,
+    cfg: BenchConfig,
+) {
+    let mut workers = Vec::new();
+    if cfg.rate == 0 {
+        for w in 0..cfg.inflight.max(1) {
+            let (sender, targets, shared, size) =
+                (sender.clone(), targets.clone(), shared.clone(), cfg.size);
+            workers.push(tokio::spawn(async move {
+                let mut hist = histogram();
+                let mut n = u64::try_from(index * 1_000_000 + w * 10_000).unwrap_or(0);
+                while !shared.stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let Some(t) = targets.get(usize::try_from(n).unwrap_or(0) % targets.len())
+                    else {
+                        break;
+                    };
+                    let began = Instant::now();
+                    match sender
+                        .send(t.send_id, t.token, envelope(size, shared.start, n))
+                        .await
+                    {
+                        Ok(()) => {
+                            record(&mut hist, began.elapsed());
+                            shared.sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            shared.error(&e).await;
+                            if e.code().is_none() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = shared.send_hist.lock().await.add(&hist);
+            }));
+        }
+    } else {
+        let per_conn = (cfg.rate as f64 / cfg.senders.max(1) as f64).max(0.001);
+        let interval = Duration::from_secs_f64(1.0 / per_conn);
+        let first = Instant::now();
+        let mut n: u64 = u64::try_from(index).unwrap_or(0) * 1_000_000_000;
+        let mut k: u32 = 0;
+        while !shared.stop.load(Ordering::Relaxed) {
+            let due = first + interval * k;
+            k = k.saturating_add(1);
+            tokio::time::sleep_until(due.into()).await;
+            n += 1;
+            let (sender, targets, shared, size) =
+                (sender.clone(), targets.clone(), shared.clone(), cfg.size);
+            workers.push(tokio::spawn(async move {
+                let Some(t) = targets.get(usize::try_from(n).unwrap_or(0) % targets.len()) else {
+                    return;
+                };
+                match sender
+                    .send(t.send_id, t.token, envelope(size, shared.start, n))
+                    .await
+                {
+                    Ok(()) => {
+                        // From the scheduled time: a stall counts fully.
+                        record(&mut *shared.send_hist.lock().await, due.elapsed());
+                        shared.sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => shared.error(&e).await,
+                }
+            }));
+            if workers.len() > 4096 {
+                workers.retain(|w| !w.is_finished());
+            }
+        }
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+}
+
+/// One owner: takes deliveries, records their latency, acks in batches.
+async fn receive(
+    mut s: OwnerSession,
+    mailbox: ReceiveId,
+    shared: Arc<Shared>,
+    expect: Option<u64>,
+) {
+    let mut hist = histogram();
+    let mut pending = Vec::with_capacity(64);
+    let mut got: u64 = 0;
+    loop {
+        let next = tokio::time::timeout(Duration::from_millis(5), s.next_delivery()).await;
+        match next {
+            Ok(Some(d)) => {
+                if let Some(t) = sent_at(&d.ciphertext) {
+                    let now = u64::try_from(shared.start.elapsed().as_nanos()).unwrap_or(0);
+                    record(&mut hist, Duration::from_nanos(now.saturating_sub(t)));
+                }
+                pending.push(d.seq);
+                got += 1;
+                shared.delivered.fetch_add(1, Ordering::Relaxed);
+                if pending.len() >= 64 {
+                    let _ = s.ack(mailbox, std::mem::take(&mut pending)).await;
+                }
+            }
+            Ok(None) => break,
+            Err(_) => {
+                if !pending.is_empty() {
+                    let _ = s.ack(mailbox, std::mem::take(&mut pending)).await;
+                }
+                // Flush the histogram now and then; the task may be aborted.
+                let _ = shared.delivery_hist.lock().await.add(&hist);
+                hist.reset();
+                if expect.is_some_and(|e| got >= e) {
+                    break;
+                }
+            }
+        }
+    }
+    if !pending.is_empty() {
+        let _ = s.ack(mailbox, pending).await;
+    }
+    let _ = shared.delivery_hist.lock().await.add(&hist);
+}
+
+impl BenchReport {
+    /// The human-readable summary `chappe bench` prints.
+    pub fn render(&self) -> String {
+        let p = |x: &Percentiles| {
+            format!(
+                "p50 {} µs  p90 {} µs  p99 {} µs  p99.9 {} µs  max {} µs  (n={})",
+                x.p50_us, x.p90_us, x.p99_us, x.p999_us, x.max_us, x.count
+            )
+        };
+        let mut out = format!(
+            "mode {:?}, {} owners, {} senders, {} B envelopes, {}, {:.1} s\n",
+            self.mode,
+            self.owners,
+            self.senders,
+            self.size,
+            if self.rate_target == 0 {
+                "closed loop".to_string()
+            } else {
+                format!("open loop at {}/s", self.rate_target)
+            },
+            self.seconds
+        );
+        out += &format!(
+            "sent (durable OK): {} = {:.0}/s\n",
+            self.sent, self.send_per_sec
+        );
+        out += &format!("send latency:      {}\n", p(&self.send_latency));
+        if let Some(d) = &self.delivery_latency {
+            out += &format!(
+                "delivered:         {} = {:.0}/s\n",
+                self.delivered, self.delivered_per_sec
+            );
+            out += &format!("delivery latency:  {}\n", p(d));
+        }
+        if let (Some(s), Some(r)) = (self.drain_seconds, self.drain_per_sec) {
+            out += &format!(
+                "backlog fetch+ack: {} in {:.2} s = {:.0}/s\n",
+                self.delivered, s, r
+            );
+        }
+        if !self.errors.is_empty() {
+            out += &format!("errors:            {:?}\n", self.errors);
+        }
+        if let Some(c) = self.relay_cpu_cores {
+            out += &format!(
+                "relay:             {:.2} cores, RSS {} KiB (peak {} KiB)\n",
+                c,
+                self.relay_rss_kib.unwrap_or(0),
+                self.relay_peak_rss_kib.unwrap_or(0)
+            );
+        }
+        out
+    }
+}
