@@ -10,6 +10,8 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum ClientError {
+    #[error("invalid request: {0}")]
+    Invalid(&'static str),
     #[error("the relay descriptor has no TLS fingerprint to pin")]
     NoFingerprint,
     #[error("cannot resolve {0}: {1}")]

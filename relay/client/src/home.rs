@@ -31,6 +31,7 @@ use crate::seal::MailboxKeyPair;
 /// Message ids remembered for de-duplication.
 const SEEN_KEEP: usize = 100_000;
 
+#[derive(Clone)]
 pub struct Home {
     dir: PathBuf,
 }

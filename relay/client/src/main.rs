@@ -346,14 +346,15 @@ async fn recv(home: &Home, follow: bool, only: Option<&str>) -> anyhow::Result<(
     for m in mailboxes {
         by_relay.entry(m.relay.clone()).or_default().push(m);
     }
-    let mut tasks = Vec::new();
+    // One session per relay, all read at once.
+    let mut tasks = tokio::task::JoinSet::new();
     for (relay, boxes) in by_relay {
         let desc = descriptor(&relay)?;
         let session = OwnerSession::connect(&desc, &owner).await?;
-        tasks.push(receive_from(home, session, boxes, follow));
+        tasks.spawn(receive_from(home.clone(), session, boxes, follow));
     }
-    for t in tasks {
-        t.await?;
+    while let Some(done) = tasks.join_next().await {
+        done.context("receive task")??;
     }
     Ok(())
 }
@@ -363,7 +364,7 @@ async fn recv(home: &Home, follow: bool, only: Option<&str>) -> anyhow::Result<(
 const SETTLE: Duration = Duration::from_millis(300);
 
 async fn receive_from(
-    home: &Home,
+    home: Home,
     mut session: OwnerSession,
     boxes: Vec<Mailbox>,
     follow: bool,

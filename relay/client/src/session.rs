@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use chappe_proto::descriptor::Descriptor;
-use chappe_proto::frame::{Frame, MailboxEntry};
+use chappe_proto::frame::{Frame, MAX_LIST, MAX_TOKENS, MailboxEntry};
 use chappe_proto::inbound::Inbound;
 use chappe_proto::noise::{
     EXPORTER_LABEL, EXPORTER_LEN, Hello, Keypair, Mode, OwnerInitiator, SenderInitiator, wire,
@@ -213,6 +213,16 @@ async fn reader(
     }
 }
 
+/// The codec would truncate a longer list; refuse it here instead.
+fn digests(tokens: &[DeliveryToken]) -> Result<Vec<chappe_proto::TokenDigest>, ClientError> {
+    if tokens.is_empty() || tokens.len() > MAX_TOKENS {
+        return Err(ClientError::Invalid(
+            "a mailbox takes 1 to 8 delivery tokens",
+        ));
+    }
+    Ok(tokens.iter().map(DeliveryToken::digest).collect())
+}
+
 fn expect_ok(frame: Frame) -> Result<(), ClientError> {
     match frame {
         Frame::Result {
@@ -246,7 +256,7 @@ impl OwnerSession {
         &self,
         tokens: &[DeliveryToken],
     ) -> Result<(ReceiveId, SendId), ClientError> {
-        let tokens = tokens.iter().map(DeliveryToken::digest).collect();
+        let tokens = digests(tokens)?;
         match self
             .link
             .request(|req| Frame::CreateMailbox { req, tokens })
@@ -275,7 +285,7 @@ impl OwnerSession {
         mailbox: ReceiveId,
         tokens: &[DeliveryToken],
     ) -> Result<(), ClientError> {
-        let tokens = tokens.iter().map(DeliveryToken::digest).collect();
+        let tokens = digests(tokens)?;
         expect_ok(
             self.link
                 .request(|req| Frame::SetTokens {
@@ -315,7 +325,15 @@ impl OwnerSession {
 
     /// Tells the relay these envelopes are safe here; it deletes them.
     pub async fn ack(&self, mailbox: ReceiveId, seqs: Vec<u64>) -> Result<(), ClientError> {
-        self.link.write(&Frame::Ack { mailbox, seqs }).await
+        for chunk in seqs.chunks(MAX_LIST) {
+            self.link
+                .write(&Frame::Ack {
+                    mailbox,
+                    seqs: chunk.to_vec(),
+                })
+                .await?;
+        }
+        Ok(())
     }
 
     /// Why the relay closed the connection, if it did.

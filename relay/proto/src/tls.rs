@@ -20,6 +20,8 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
 /// Protocol versions allowed: TLS 1.3 alone.
 pub static VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
 
-/// Server name the client presents when the descriptor holds an address: the
-/// certificate is pinned by fingerprint, so the name only needs to be valid.
+/// Server name the client presents when the descriptor holds a DNS name (an
+/// IP address is presented as itself), and the name in the relay's
+/// self-signed certificate. The certificate is pinned by fingerprint, so the
+/// name is not what authenticates the relay.
 pub const DEFAULT_SERVER_NAME: &str = "chappe-relay";

@@ -39,6 +39,14 @@ fn invalid(key: &'static str, problem: impl Into<String>, fix: &'static str) -> 
     }
 }
 
+/// Values given on the command line, which win over the file.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    pub state_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub metrics_listen: Option<String>,
+}
+
 /// The file as written; every field optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,11 +126,26 @@ pub struct Limits {
 }
 
 impl Config {
-    pub fn from_toml(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
-        let file: File = toml::from_str(text).map_err(|e| ConfigError::Parse {
+    /// Parses and validates `text`, with command-line `overrides` applied on
+    /// top (after parsing, so error positions point into the file as written).
+    pub fn from_toml(
+        text: &str,
+        path: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut file: File = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.map(Path::to_path_buf).unwrap_or_default(),
             message: e.to_string(),
         })?;
+        if let Some(d) = &overrides.state_dir {
+            file.state_dir = Some(d.clone());
+        }
+        if let Some(l) = &overrides.listen {
+            file.listen = Some(l.clone());
+        }
+        if let Some(m) = &overrides.metrics_listen {
+            file.metrics.listen = Some(m.clone());
+        }
         let listen_text = file.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
         let listen: SocketAddr = listen_text.parse().map_err(|_| {
             invalid(
@@ -133,27 +156,31 @@ impl Config {
         })?;
         let public_address = match file.public_address {
             Some(a) => {
-                let ok = a
-                    .rsplit_once(':')
-                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-                if !ok {
+                // The same parser clients use, so whatever passes here makes
+                // a descriptor they accept.
+                let probe = format!("{}{}@{a}", chappe_proto::descriptor::PREFIX, "A".repeat(43));
+                if probe
+                    .parse::<chappe_proto::descriptor::Descriptor>()
+                    .is_err()
+                {
                     return Err(invalid(
                         "public_address",
                         format!("\"{a}\" is not host:port"),
-                        "write the name or address clients reach, e.g. \"relay.interior.example:4433\"",
+                        "write the name or address clients reach, e.g. \"relay.interior.example:4433\" or \"[fd00::1]:4433\"",
                     ));
                 }
                 a
             }
             None => {
                 if listen.ip().is_unspecified() {
+                    // Clients need an address they can reach.
                     return Err(invalid(
                         "public_address",
                         format!("missing while `listen` is the wildcard {listen}"),
                         "set it to the address clients use to reach this relay, e.g. \"10.1.2.3:4433\"",
                     ));
                 }
-                listen.to_string()
+                listen.to_string() // SocketAddr brackets IPv6: a valid descriptor host
             }
         };
         let state_dir = file
@@ -199,7 +226,8 @@ impl Config {
                 l.max_mailboxes_per_owner,
                 256,
                 1,
-                1024,
+                // A MailboxList frame must hold every one of them.
+                512,
             )?,
             envelope_ttl: Duration::from_secs(
                 u64::from(range(
@@ -210,7 +238,7 @@ impl Config {
                     24 * 365,
                 )?) * 3600,
             ),
-            min_free_disk_bytes: l.min_free_disk_bytes.unwrap_or(256 << 20),
+            min_free_disk_bytes: l.min_free_disk_bytes.unwrap_or(512 << 20),
             max_store_bytes: l.max_store_bytes.unwrap_or(0),
             idle_timeout: Duration::from_secs(range(
                 "limits.idle_timeout_secs",
@@ -298,31 +326,53 @@ mod tests {
 
     #[test]
     fn empty_is_the_embedded_default() {
-        let c = Config::from_toml("", None).unwrap();
+        let c = Config::from_toml("", None, &Overrides::default()).unwrap();
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.public_address, DEFAULT_LISTEN);
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
     }
 
     #[test]
+    fn overrides_win_and_v6_public_address() {
+        let ov = Overrides {
+            listen: Some("[::1]:5000".into()),
+            ..Overrides::default()
+        };
+        let c = Config::from_toml("listen = \"127.0.0.1:1\"", None, &ov).unwrap();
+        assert_eq!(c.public_address, "[::1]:5000");
+        let e = Config::from_toml(
+            "listen = \"[::]:4433\"\npublic_address = \"::1:4433\"",
+            None,
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`public_address`"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_key() {
-        let e = Config::from_toml("listen = \"nope\"", None)
+        let e = Config::from_toml("listen = \"nope\"", None, &Overrides::default())
             .unwrap_err()
             .to_string();
         assert!(e.contains("`listen`"), "{e}");
-        let e = Config::from_toml("listen = \"0.0.0.0:4433\"", None)
+        let e = Config::from_toml("listen = \"0.0.0.0:4433\"", None, &Overrides::default())
             .unwrap_err()
             .to_string();
         assert!(e.contains("`public_address`"), "{e}");
-        let e = Config::from_toml("[limits]\nenvelope_ttl_hours = 0", None)
-            .unwrap_err()
-            .to_string();
+        let e = Config::from_toml(
+            "[limits]\nenvelope_ttl_hours = 0",
+            None,
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("limits.envelope_ttl_hours"), "{e}");
-        let e = Config::from_toml("colour = 1", None)
+        let e = Config::from_toml("colour = 1", None, &Overrides::default())
             .unwrap_err()
             .to_string();
         assert!(e.contains("colour"), "{e}");
-        let e = Config::from_toml("[log]\nlevel = \"loud[\"", None)
+        let e = Config::from_toml("[log]\nlevel = \"loud[\"", None, &Overrides::default())
             .unwrap_err()
             .to_string();
         assert!(e.contains("log.level"), "{e}");

@@ -47,9 +47,20 @@ pub fn server_config(keys: &Keys, limits: &Limits) -> anyhow::Result<quinn::Serv
     Ok(cfg)
 }
 
+/// Binds the endpoint, speaking QUIC version 1 only (quinn would also accept
+/// the pre-RFC drafts, which nothing of ours needs).
 pub fn bind(addr: SocketAddr, cfg: quinn::ServerConfig) -> anyhow::Result<quinn::Endpoint> {
-    quinn::Endpoint::server(cfg, addr).with_context(|| format!("binding QUIC on {addr} (udp)"))
+    let socket =
+        std::net::UdpSocket::bind(addr).with_context(|| format!("binding QUIC on {addr} (udp)"))?;
+    let mut endpoint = quinn::EndpointConfig::default();
+    endpoint.supported_versions(vec![QUIC_V1]);
+    let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
+    quinn::Endpoint::new(endpoint, Some(cfg), socket, runtime)
+        .with_context(|| format!("starting QUIC on {addr} (udp)"))
 }
+
+/// RFC 9000.
+const QUIC_V1: u32 = 1;
 
 /// Accepts connections until shutdown; returns once every session ended or
 /// the grace period ran out.

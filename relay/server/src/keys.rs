@@ -38,7 +38,7 @@ pub enum KeyError {
         source: std::io::Error,
     },
     #[error(
-        "{path} is readable by other users (mode {mode:o}); run `chmod 600 {path}` and rotate the key if others may have copied it"
+        "{path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`, and if others may have copied it, treat the key as compromised"
     )]
     Exposed { path: PathBuf, mode: u32 },
     #[error(
@@ -92,15 +92,24 @@ pub fn init(dir: &Path) -> Result<bool, KeyError> {
     }
     let key_path = dir.join(TLS_KEY_FILE);
     let cert_path = dir.join(TLS_CERT_FILE);
-    if !key_path.exists() || !cert_path.exists() {
+    if key_path.exists() != cert_path.exists() {
+        // Regenerating would silently change the fingerprint every client pins.
+        let missing = if key_path.exists() {
+            &cert_path
+        } else {
+            &key_path
+        };
+        return Err(KeyError::Corrupt {
+            path: missing.clone(),
+            what: "is missing while its partner exists".into(),
+        });
+    }
+    if !key_path.exists() {
         let ck = rcgen::generate_simple_self_signed(vec![
             chappe_proto::tls::DEFAULT_SERVER_NAME.to_string(),
         ])
         .map_err(|e| KeyError::Cert(e.to_string()))?;
         let key_pem = Zeroizing::new(ck.key_pair.serialize_pem());
-        // Replace both together: a certificate must match its key.
-        let _ = fs::remove_file(&key_path);
-        let _ = fs::remove_file(&cert_path);
         write_secret(&key_path, key_pem.as_bytes())?;
         write_file(&cert_path, ck.cert.pem().as_bytes(), 0o644)?;
         created = true;

@@ -22,7 +22,7 @@ mod router;
 mod session;
 mod shutdown;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -64,35 +64,17 @@ enum Command {
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
-    let mut text = match &cli.config {
+    let text = match &cli.config {
         Some(p) => std::fs::read_to_string(p)
             .with_context(|| format!("cannot read config file {}", p.display()))?,
         None => String::new(),
     };
-    // Command-line overrides are applied as TOML so they go through the same
-    // validation (and the same error messages) as the file.
-    let mut table: toml::Table = toml::from_str(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "config file {}: {e}",
-            cli.config.as_deref().unwrap_or(Path::new("")).display()
-        )
-    })?;
-    if let Some(d) = &cli.state_dir {
-        table.insert("state_dir".into(), d.display().to_string().into());
-    }
-    if let Some(l) = &cli.listen {
-        table.insert("listen".into(), l.clone().into());
-    }
-    if let Some(m) = &cli.metrics_listen {
-        let metrics = table
-            .entry("metrics")
-            .or_insert_with(|| toml::Value::Table(Default::default()));
-        if let Some(t) = metrics.as_table_mut() {
-            t.insert("listen".into(), m.clone().into());
-        }
-    }
-    text = toml::to_string(&table).context("re-encoding config")?;
-    Ok(Config::from_toml(&text, cli.config.as_deref())?)
+    let overrides = config::Overrides {
+        state_dir: cli.state_dir.clone(),
+        listen: cli.listen.clone(),
+        metrics_listen: cli.metrics_listen.clone(),
+    };
+    Ok(Config::from_toml(&text, cli.config.as_deref(), &overrides)?)
 }
 
 fn init_logging(level: &str) {
@@ -202,6 +184,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Handlers first: a SIGTERM right after "ready" must drain, not kill.
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let endpoint = endpoint::bind(cfg.listen, endpoint::server_config(&keys, &cfg.limits)?)?;
     drop(keys);
     let accept = tokio::spawn(endpoint::serve(endpoint, relay.clone()));
@@ -214,9 +200,6 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     println!("{descriptor}");
 
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     loop {
         tokio::select! {
             _ = term.recv() => break,

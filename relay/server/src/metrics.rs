@@ -19,7 +19,7 @@ pub struct Metrics {
     pub store_envelopes: IntGauge,
     pub store_bytes: IntGauge,
     pub store_mailboxes: IntGauge,
-    pub store_commits_total: IntGauge,
+    pub store_commits_total: IntCounter,
     pub ready: IntGauge,
 }
 
@@ -117,7 +117,7 @@ impl Metrics {
             )?,
             store_commits_total: reg(
                 &r,
-                IntGauge::new(
+                IntCounter::new(
                     "store_commits_total",
                     "Durable store commits (group commits).",
                 )?,

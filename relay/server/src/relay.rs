@@ -62,6 +62,9 @@ impl Relay {
         self.metrics.store_envelopes.set(clamp(s.envelopes));
         self.metrics.store_bytes.set(clamp(s.bytes));
         self.metrics.store_mailboxes.set(clamp(s.mailboxes));
-        self.metrics.store_commits_total.set(clamp(s.commits));
+        let seen = self.metrics.store_commits_total.get();
+        self.metrics
+            .store_commits_total
+            .inc_by(s.commits.saturating_sub(seen));
     }
 }

@@ -238,7 +238,8 @@ impl<'t> Tx<'t> {
         self.owners.remove(&owner_key(owner, id))?;
         self.mailboxes.remove(&id.0)?;
         if count != u64::from(rec.envelopes) || bytes != rec.bytes {
-            tracing::warn!(mailbox = ?id, "deleted mailbox's counts did not match its envelopes");
+            tracing::debug!(mailbox = ?id, "mismatched counts");
+            tracing::warn!("deleted mailbox's counts did not match its envelopes");
         }
         self.totals.envelopes = self.totals.envelopes.saturating_sub(count);
         self.totals.bytes = self.totals.bytes.saturating_sub(bytes);
@@ -393,7 +394,8 @@ impl<'t> Tx<'t> {
                 }
                 Ok(None) => {}
                 Err(StoreError::Corrupt { .. }) => {
-                    tracing::warn!(mailbox = ?id, "sweep left a damaged mailbox record as is");
+                    tracing::debug!(mailbox = ?id, "damaged mailbox record");
+                    tracing::warn!("sweep left a damaged mailbox record as is");
                 }
                 Err(e) => return Err(e),
             }

@@ -99,4 +99,13 @@ fn core_dumps_are_disabled() {
         .unwrap();
     let fields: Vec<&str> = core.split_whitespace().collect();
     assert_eq!(&fields[4..6], &["0", "0"], "{core}");
+    // Everything the daemon created is private to its user.
+    for f in ["relay.key", "tls.key", "store.redb"] {
+        let mode = std::fs::metadata(relay.state.join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode & 0o077, 0, "{f} has mode {mode:o}");
+    }
 }

@@ -130,6 +130,9 @@ async fn serve(relay: &Arc<Relay>, conn: &quinn::Connection) -> Result<(), Sessi
         handshake(relay, conn, &exporter),
     );
     let (mode, send, reader, owner) = match hs.await {
+        // A stream that ends before the handshake is done is a failed
+        // handshake, not a bad frame.
+        Ok(Err(SessionError::Truncated)) => Err(SessionError::Handshake(HandshakeError::TooShort)),
         Ok(r) => r,
         Err(_) => Err(SessionError::HandshakeTimeout),
     }

@@ -14,12 +14,12 @@ use std::sync::Arc;
 use chappe_proto::frame::{Frame, MailboxEntry};
 use chappe_proto::{OwnerKey, ReceiveId, ResultCode};
 use chappe_store::RequestError;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use super::SessionError;
 use super::stream::{FrameReader, Outbox, spawn_writer};
 use crate::relay::Relay;
-use crate::router::{Push, SessionId};
+use crate::router::{Listener, Push, SessionId};
 
 /// Pushes that may queue for one owner session before they are dropped
 /// (and later read from the store instead).
@@ -38,7 +38,7 @@ struct Owner<'a> {
     key: OwnerKey,
     session: SessionId,
     outbox: Outbox,
-    push_tx: mpsc::Sender<Push>,
+    listener: Listener,
     subs: HashMap<ReceiveId, Subscription>,
 }
 
@@ -50,12 +50,18 @@ pub async fn run(
 ) -> Result<(), SessionError> {
     let (outbox, writer) = spawn_writer(send);
     let (push_tx, mut push_rx) = mpsc::channel(PUSH_DEPTH);
+    let lagged = Arc::new(Notify::new());
+    let session = relay.next_session_id();
     let mut owner = Owner {
         relay,
         key,
-        session: relay.next_session_id(),
+        session,
         outbox,
-        push_tx,
+        listener: Listener {
+            session,
+            tx: push_tx,
+            lagged: lagged.clone(),
+        },
         subs: HashMap::new(),
     };
     let mut shutdown = relay.shutdown.clone();
@@ -71,6 +77,7 @@ pub async fn run(
                 Err(e) => break Err(e),
             },
             Some(push) = push_rx.recv() => owner.on_push(push).await,
+            _ = lagged.notified() => owner.lagged(),
             _ = shutdown.wait() => break Err(SessionError::ShuttingDown),
         }
         owner.pump().await;
@@ -163,14 +170,13 @@ impl Owner<'_> {
                 }
             },
             Frame::Subscribe { req, mailbox } => {
-                // Register for pushes before the first store read, so nothing
-                // committed in between can fall through the gap.
-                self.relay
-                    .router
-                    .subscribe(mailbox, self.session, self.push_tx.clone());
-                // An empty read proves ownership (unknown → refused) cheaply.
-                match store.fetch(self.key, mailbox, 0, 0, 0) {
+                // Ownership first (a stranger must not displace the owner's
+                // listener), then register for pushes, then the first store
+                // read happens in `pump`: nothing committed in between can
+                // fall through the gap.
+                match store.fetch(self.key, mailbox, u64::MAX, 0, 0) {
                     Ok(_) => {
+                        self.relay.router.subscribe(mailbox, self.listener.clone());
                         self.subs.insert(
                             mailbox,
                             Subscription {
@@ -181,10 +187,7 @@ impl Owner<'_> {
                         );
                         self.result(req, Ok(())).await;
                     }
-                    Err(e) => {
-                        self.relay.router.unsubscribe(&mailbox, self.session);
-                        self.result(req, Err(e)).await;
-                    }
+                    Err(e) => self.result(req, Err(e)).await,
                 }
             }
             Frame::Ack { mailbox, seqs } => {
@@ -209,6 +212,13 @@ impl Owner<'_> {
             other => return Err(SessionError::WrongFrame(other.kind())),
         }
         Ok(())
+    }
+
+    /// A push was dropped somewhere: catch every mailbox up from the store.
+    fn lagged(&mut self) {
+        for sub in self.subs.values_mut() {
+            sub.need_fetch = true;
+        }
     }
 
     async fn on_push(&mut self, push: Push) {
@@ -266,8 +276,8 @@ impl Owner<'_> {
             {
                 Ok(b) => b,
                 Err(e) => {
-                    // Stop catching up this mailbox until the next push or
-                    // ack; the envelopes stay in the store.
+                    // Stop catching up this mailbox until the next push (or
+                    // resubscribe); the envelopes stay in the store.
                     tracing::warn!(error = %e, "catch-up read failed");
                     if let Some(sub) = self.subs.get_mut(&id) {
                         sub.need_fetch = false;
