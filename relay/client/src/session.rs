@@ -87,26 +87,25 @@ impl Link {
         let mut inbound = Inbound::new();
         let hello = Hello::default();
         let result = async {
+            // Mode byte and message 1 in one write, then message 2 back.
+            let mut exchange = async |mode: Mode, m1: Vec<u8>| {
+                let mut first = vec![mode as u8];
+                first.extend(wire::encode_message(&m1));
+                send.write_all(&first).await?;
+                read_until(&mut recv, &mut inbound, |i| Ok(i.take_handshake()?))
+                    .await?
+                    .ok_or(ClientError::Closed(close_code(&conn)))
+            };
             match owner {
                 Some(kp) => {
                     let (init, m1) = OwnerInitiator::start(kp, &desc.relay_key, &exporter, &hello)?;
-                    let mut first = vec![Mode::Owner as u8];
-                    first.extend(wire::encode_message(&m1));
-                    send.write_all(&first).await?;
-                    let m2 = read_until(&mut recv, &mut inbound, |i| Ok(i.take_handshake()?))
-                        .await?
-                        .ok_or(ClientError::Closed(close_code(&conn)))?;
+                    let m2 = exchange(Mode::Owner, m1).await?;
                     let (m3, _) = init.finish(&m2)?;
                     send.write_all(&wire::encode_message(&m3)).await?;
                 }
                 None => {
                     let (init, m1) = SenderInitiator::start(&desc.relay_key, &exporter, &hello)?;
-                    let mut first = vec![Mode::Sender as u8];
-                    first.extend(wire::encode_message(&m1));
-                    send.write_all(&first).await?;
-                    let m2 = read_until(&mut recv, &mut inbound, |i| Ok(i.take_handshake()?))
-                        .await?
-                        .ok_or(ClientError::Closed(close_code(&conn)))?;
+                    let m2 = exchange(Mode::Sender, m1).await?;
                     init.finish(&m2)?;
                 }
             }
