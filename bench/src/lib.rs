@@ -13,32 +13,9 @@ use hdrhistogram::Histogram;
 use rand::RngCore;
 use serde::Serialize;
 
-/// Latency percentiles in microseconds (the same fields as `chappe bench`).
-#[derive(Debug, Default, Serialize)]
-pub struct Percentiles {
-    pub count: u64,
-    pub p50_us: u64,
-    pub p90_us: u64,
-    pub p99_us: u64,
-    pub p999_us: u64,
-    pub max_us: u64,
-}
-
-impl Percentiles {
-    pub fn of(h: &Histogram<u64>) -> Percentiles {
-        if h.is_empty() {
-            return Percentiles::default();
-        }
-        Percentiles {
-            count: h.len(),
-            p50_us: h.value_at_quantile(0.5),
-            p90_us: h.value_at_quantile(0.9),
-            p99_us: h.value_at_quantile(0.99),
-            p999_us: h.value_at_quantile(0.999),
-            max_us: h.max(),
-        }
-    }
-}
+/// Latency percentiles in microseconds: `chappe bench`'s own type, so both
+/// report the same fields the same way.
+pub use chappe_client::bench::Percentiles;
 
 /// A histogram for 1 µs .. 100 s at 3 significant digits.
 pub fn histogram() -> anyhow::Result<Histogram<u64>> {

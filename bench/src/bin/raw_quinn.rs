@@ -38,11 +38,8 @@ use chappe_bench::{
 };
 use clap::{Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
-use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use quinn::crypto::rustls::QuicServerConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::Serialize;
 
 #[derive(Parser, Debug)]
@@ -294,86 +291,19 @@ impl Drop for Server {
 
 // ---------------------------------------------------------------- client
 
-/// Accepts exactly the pinned certificate, and still checks the TLS 1.3
-/// handshake signature (what the chappe client does with its fingerprint).
-#[derive(Debug)]
-struct Pinned {
-    cert: Vec<u8>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.cert.as_slice() {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// The chappe client's QUIC configuration, pinned to `cert`.
+/// The chappe client's own QUIC configuration (`chappe_client::transport`),
+/// pinned to `cert`: the baseline differs from the relay only by the Noise
+/// layer, never by TLS policy.
 fn client_config(cert: &[u8]) -> anyhow::Result<quinn::ClientConfig> {
-    let provider = chappe_proto::tls::crypto_provider();
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(chappe_proto::tls::VERSIONS)
-        .context("TLS 1.3")?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned {
-            cert: cert.to_vec(),
-            provider,
-        }))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![chappe_proto::ALPN.to_vec()];
-    tls.resumption = rustls::client::Resumption::disabled();
-    tls.enable_early_data = false;
-    let crypto = QuicClientConfig::try_from(tls).context("QUIC TLS config")?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    cfg.token_store(Arc::new(quinn::NoneTokenStore));
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(chappe_client::transport::KEEP_ALIVE));
-    cfg.transport_config(Arc::new(transport));
-    Ok(cfg)
+    use sha2::Digest;
+    let desc = chappe_proto::descriptor::Descriptor {
+        host: "127.0.0.1".into(),
+        port: 1,
+        relay_key: [0; 32],
+        tls_fingerprint: Some(sha2::Sha256::digest(cert).into()),
+    };
+    chappe_client::transport::client_config(&desc, chappe_proto::tls::crypto_provider())
+        .map_err(|e| anyhow!("client TLS config: {e}"))
 }
 
 fn endpoint(cfg: &quinn::ClientConfig) -> anyhow::Result<quinn::Endpoint> {

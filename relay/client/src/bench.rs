@@ -57,7 +57,7 @@ pub struct BenchConfig {
     pub relay_pid: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct Percentiles {
     pub count: u64,
     pub p50_us: u64,
@@ -68,7 +68,9 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(h: &Histogram<u64>) -> Percentiles {
+    /// Reads the percentiles off a histogram of microseconds (all zero when
+    /// it is empty). `bench/run`'s baselines use the same type.
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
         Percentiles {
             count: h.len(),
             p50_us: h.value_at_quantile(0.5),
