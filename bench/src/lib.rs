@@ -17,6 +17,27 @@ use serde::Serialize;
 /// report the same fields the same way.
 pub use chappe_client::bench::Percentiles;
 
+/// The load shape both broker peers (`peer-mqtt`, `peer-nats`) take, with
+/// the same flags `chappe bench` uses for the same knobs.
+#[derive(clap::Args, Debug)]
+pub struct Load {
+    /// Publisher connections.
+    #[arg(long, default_value_t = 8)]
+    pub publishers: usize,
+    /// Outstanding messages per publisher.
+    #[arg(long, default_value_t = 32)]
+    pub window: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Seconds to publish for.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// The broker's pid, to report its CPU and memory.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+}
+
 /// A histogram for 1 µs .. 100 s at 3 significant digits.
 pub fn histogram() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 100_000_000, 3).context("histogram bounds")

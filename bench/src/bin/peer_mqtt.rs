@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chappe_bench::{
-    Errors, Percentiles, ServerUsage, histogram, nanos_since, parse_header, payload, print_json,
-    proc_sample, record, record_us,
+    Errors, Load, Percentiles, ServerUsage, histogram, nanos_since, parse_header, payload,
+    print_json, proc_sample, record, record_us,
 };
 use clap::Parser;
 use hdrhistogram::Histogram;
@@ -32,28 +32,15 @@ use tokio::sync::Semaphore;
 #[derive(Parser, Debug)]
 #[command(about = "MQTT broker benchmark (closed loop, N publishers, 1 subscriber)")]
 struct Args {
+    #[command(flatten)]
+    load: Load,
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     #[arg(long, default_value_t = 1883)]
     port: u16,
-    /// Publisher connections.
-    #[arg(long, default_value_t = 8)]
-    publishers: usize,
-    /// Outstanding messages per publisher.
-    #[arg(long, default_value_t = 32)]
-    window: usize,
-    /// Payload size in bytes.
-    #[arg(long, default_value_t = 1024)]
-    size: usize,
     /// 0 or 1.
     #[arg(long, default_value_t = 0)]
     qos: u8,
-    /// Seconds to publish for.
-    #[arg(long, default_value_t = 10.0)]
-    seconds: f64,
-    /// The broker's pid, to report its CPU and memory.
-    #[arg(long)]
-    server_pid: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -99,9 +86,9 @@ struct Shared {
 fn options(id: String, a: &Args) -> MqttOptions {
     let mut o = MqttOptions::new(id, a.host.clone(), a.port);
     o.set_keep_alive(Duration::from_secs(30));
-    o.set_max_packet_size(a.size + 1024, a.size + 1024);
-    o.set_inflight(u16::try_from(a.window.max(1)).unwrap_or(u16::MAX));
-    o.set_request_channel_capacity(a.window.max(1) + 8);
+    o.set_max_packet_size(a.load.size + 1024, a.load.size + 1024);
+    o.set_inflight(u16::try_from(a.load.window.max(1)).unwrap_or(u16::MAX));
+    o.set_request_channel_capacity(a.load.window.max(1) + 8);
     o
 }
 
@@ -139,9 +126,9 @@ async fn main() -> anyhow::Result<()> {
         1 => QoS::AtLeastOnce,
         q => bail!("--qos {q}: only 0 and 1 are measured"),
     };
-    let duration = chappe_bench::seconds(a.seconds)?;
-    let publishers = a.publishers.max(1);
-    let window = a.window.max(1);
+    let duration = chappe_bench::seconds(a.load.seconds)?;
+    let publishers = a.load.publishers.max(1);
+    let window = a.load.window.max(1);
     let shared = Arc::new(Shared {
         epoch: Instant::now(),
         stop: AtomicBool::new(false),
@@ -241,12 +228,12 @@ async fn main() -> anyhow::Result<()> {
         clients.push((c, sent_at));
     }
 
-    let s0 = a.server_pid.and_then(proc_sample);
+    let s0 = a.load.server_pid.and_then(proc_sample);
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for (i, (c, sent_at)) in clients.into_iter().enumerate() {
         let shared = shared.clone();
-        let size = a.size;
+        let size = a.load.size;
         tasks.push(tokio::spawn(async move {
             let Some(w) = shared.windows.get(i).cloned() else {
                 return c;
@@ -291,7 +278,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let seconds = t0.elapsed().as_secs_f64();
-    let s1 = a.server_pid.and_then(proc_sample);
+    let s1 = a.load.server_pid.and_then(proc_sample);
     let published = shared.published.load(Ordering::Relaxed);
     // Give the last deliveries a moment, like `chappe bench`.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -323,7 +310,7 @@ async fn main() -> anyhow::Result<()> {
         qos: a.qos,
         publishers,
         window,
-        size: a.size,
+        size: a.load.size,
         seconds,
         published,
         acked: shared.acked.load(Ordering::Relaxed),

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_nats::jetstream;
 use chappe_bench::{
-    Errors, Percentiles, ServerUsage, histogram, nanos_since, parse_header, payload, print_json,
-    proc_sample, record, record_us,
+    Errors, Load, Percentiles, ServerUsage, histogram, nanos_since, parse_header, payload,
+    print_json, proc_sample, record, record_us,
 };
 use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
@@ -38,26 +38,13 @@ enum Mode {
 #[derive(Parser, Debug)]
 #[command(about = "NATS benchmark: core pub/sub or JetStream acked publish")]
 struct Args {
+    #[command(flatten)]
+    load: Load,
     /// host:port of the nats-server.
     #[arg(long, default_value = "127.0.0.1:4222")]
     server: String,
     #[arg(long, value_enum, default_value = "core")]
     mode: Mode,
-    /// Publisher connections.
-    #[arg(long, default_value_t = 8)]
-    publishers: usize,
-    /// Outstanding messages per publisher.
-    #[arg(long, default_value_t = 32)]
-    window: usize,
-    /// Payload size in bytes.
-    #[arg(long, default_value_t = 1024)]
-    size: usize,
-    /// Seconds to publish for.
-    #[arg(long, default_value_t = 10.0)]
-    seconds: f64,
-    /// The server's pid, to report its CPU and memory.
-    #[arg(long)]
-    server_pid: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -103,9 +90,9 @@ async fn connect(server: &str) -> anyhow::Result<async_nats::Client> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let duration = chappe_bench::seconds(a.seconds)?;
-    let publishers = a.publishers.max(1);
-    let window = a.window.max(1);
+    let duration = chappe_bench::seconds(a.load.seconds)?;
+    let publishers = a.load.publishers.max(1);
+    let window = a.load.window.max(1);
     let shared = Arc::new(Shared {
         epoch: Instant::now(),
         stop: AtomicBool::new(false),
@@ -153,11 +140,11 @@ async fn main() -> anyhow::Result<()> {
                     drop(sub_client);
                 })
             };
-            let s0 = a.server_pid.and_then(proc_sample);
+            let s0 = a.load.server_pid.and_then(proc_sample);
             let t0 = Instant::now();
             let mut tasks = Vec::new();
             for (i, c) in clients.into_iter().enumerate() {
-                let (shared, windows, size) = (shared.clone(), windows.clone(), a.size);
+                let (shared, windows, size) = (shared.clone(), windows.clone(), a.load.size);
                 tasks.push(tokio::spawn(async move {
                     let Some(w) = windows.get(i) else { return };
                     let mut seq = 0u64;
@@ -197,13 +184,13 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .await
                 .context("creating the JetStream stream (is nats-server running with -js?)")?;
-            let s0 = a.server_pid.and_then(proc_sample);
+            let s0 = a.load.server_pid.and_then(proc_sample);
             let t0 = Instant::now();
             let mut tasks = Vec::new();
             for (i, c) in clients.into_iter().enumerate() {
                 let js = jetstream::new(c);
                 for w in 0..window {
-                    let (shared, js, size) = (shared.clone(), js.clone(), a.size);
+                    let (shared, js, size) = (shared.clone(), js.clone(), a.load.size);
                     tasks.push(tokio::spawn(async move {
                         let mut seq = u64::try_from(w).unwrap_or(0) << 32;
                         let publisher = u64::try_from(i).unwrap_or(0);
@@ -236,7 +223,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = t.await;
     }
     let seconds = t0.elapsed().as_secs_f64();
-    let s1 = a.server_pid.and_then(proc_sample);
+    let s1 = a.load.server_pid.and_then(proc_sample);
     let published = shared.published.load(Ordering::Relaxed);
     if let Some(sub) = subscriber {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -257,7 +244,7 @@ async fn main() -> anyhow::Result<()> {
         mode: a.mode,
         publishers,
         window,
-        size: a.size,
+        size: a.load.size,
         seconds,
         published,
         published_per_sec: published as f64 / seconds,
