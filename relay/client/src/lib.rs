@@ -37,6 +37,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod aead;
 pub mod card;
 pub mod error;
 pub mod home;

@@ -106,7 +106,7 @@ use crate::identity::{
 };
 
 type Kdf = hpke::kdf::HkdfSha256;
-type Aead = hpke::aead::ChaCha20Poly1305;
+type Aead = crate::aead::ChaCha20Poly1305;
 
 /// Version byte of the plaintext layout described in the module docs.
 pub const VERSION: u8 = 1;

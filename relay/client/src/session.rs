@@ -57,6 +57,7 @@ async fn read_until<T>(
         if let Some(v) = take(inbound)? {
             return Ok(Some(v));
         }
+        inbound.release_if_empty();
         match recv.read_chunk(READ_CHUNK, true).await? {
             Some(c) => inbound.extend(&c.bytes),
             None => return Ok(None),

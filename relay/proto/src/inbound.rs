@@ -27,13 +27,23 @@ pub struct Inbound {
 
 impl Inbound {
     pub fn new() -> Self {
-        Inbound {
-            buf: BytesMut::with_capacity(8 * 1024),
-        }
+        Inbound::default()
     }
 
     pub fn extend(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
+    }
+
+    /// Lets go of the buffer once every message in it has been taken.
+    ///
+    /// Call it before waiting for more input: an idle session then holds no
+    /// receive buffer at all (most sessions are idle most of the time), and
+    /// the next chunk gets a fresh allocation of its own size instead of
+    /// growing one that taken frames still share.
+    pub fn release_if_empty(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -93,6 +103,8 @@ mod tests {
         assert_eq!(got.1.as_deref(), Some(&b"hello"[..]));
         assert_eq!(got.2, Some(Frame::ListMailboxes { req: 9 }));
         assert!(inb.is_empty());
+        inb.release_if_empty();
+        assert_eq!(inb.buf.capacity(), 0);
     }
 
     #[test]

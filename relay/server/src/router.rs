@@ -32,7 +32,9 @@ pub type SessionId = u64;
 #[derive(Clone)]
 pub struct Listener {
     pub session: SessionId,
-    pub tx: mpsc::Sender<Push>,
+    /// Boxed for the same reason as the session outbox: an idle owner's
+    /// channel then costs 32 pointers, not 32 pushes.
+    pub tx: mpsc::Sender<Box<Push>>,
     pub lagged: Arc<Notify>,
 }
 
@@ -63,7 +65,7 @@ impl Router {
             Err(_) => None,
         };
         if let Some(l) = listener
-            && let Err(mpsc::error::TrySendError::Full(_)) = l.tx.try_send(push)
+            && let Err(mpsc::error::TrySendError::Full(_)) = l.tx.try_send(Box::new(push))
         {
             // The envelope is safe in the store; tell the session to read it.
             l.lagged.notify_one();

@@ -76,7 +76,7 @@ pub async fn run(
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
             },
-            Some(push) = push_rx.recv() => owner.on_push(push).await,
+            Some(push) = push_rx.recv() => owner.on_push(*push).await,
             _ = lagged.notified() => owner.lagged(),
             _ = shutdown.wait() => break Err(SessionError::ShuttingDown),
         }

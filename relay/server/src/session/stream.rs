@@ -28,6 +28,7 @@ impl FrameReader {
 
     /// Reads one more chunk; `false` at the end of the stream.
     async fn read_more(&mut self) -> Result<bool, SessionError> {
+        self.inbound.release_if_empty();
         match self.recv.read_chunk(READ_CHUNK, true).await? {
             Some(chunk) => {
                 self.inbound.extend(&chunk.bytes);
@@ -79,7 +80,22 @@ impl FrameReader {
 
 /// Frames queued for the peer; the writer task drains them in batches so
 /// many small results cost one stream write.
-pub type Outbox = mpsc::Sender<Frame>;
+///
+/// Frames travel boxed: a tokio channel allocates its first block of 32
+/// slots up front, and 32 pointers cost an idle session 256 bytes where 32
+/// inline frames would cost over 3 KiB.
+#[derive(Clone)]
+pub struct Outbox(mpsc::Sender<Box<Frame>>);
+
+impl Outbox {
+    /// Queues a frame; `Err` once the writer is gone (the stream failed).
+    pub async fn send(&self, frame: Frame) -> Result<(), WriterGone> {
+        self.0.send(Box::new(frame)).await.map_err(|_| WriterGone)
+    }
+}
+
+#[derive(Debug)]
+pub struct WriterGone;
 
 /// Frames that may wait in an outbox before producers block.
 pub const OUTBOX_DEPTH: usize = 512;
@@ -89,9 +105,11 @@ const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 const WRITE_BATCH: usize = 64;
 
 pub fn spawn_writer(mut send: SendStream) -> (Outbox, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<Frame>(OUTBOX_DEPTH);
+    let (tx, mut rx) = mpsc::channel::<Box<Frame>>(OUTBOX_DEPTH);
     let task = tokio::spawn(async move {
-        let mut chunks: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH * 2);
+        // Grown on first use: most sessions are idle, and an idle one
+        // should cost as little as a bare QUIC connection.
+        let mut chunks: Vec<Bytes> = Vec::new();
         while let Some(first) = rx.recv().await {
             push_parts(&mut chunks, &first);
             while chunks.len() < WRITE_BATCH * 2 {
@@ -111,7 +129,7 @@ pub fn spawn_writer(mut send: SendStream) -> (Outbox, tokio::task::JoinHandle<()
             let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.stopped()).await;
         }
     });
-    (tx, task)
+    (Outbox(tx), task)
 }
 
 fn push_parts(chunks: &mut Vec<Bytes>, f: &Frame) {
