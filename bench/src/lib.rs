@@ -175,6 +175,12 @@ impl Errors {
 }
 
 /// Duration from a (positive) number of seconds given on the command line.
+/// The `--relay` argument, with the text in the error when it is not one.
+pub fn descriptor(text: &str) -> anyhow::Result<chappe_proto::descriptor::Descriptor> {
+    text.parse()
+        .map_err(|e| anyhow::anyhow!("relay descriptor \"{text}\": {e}"))
+}
+
 pub fn seconds(s: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(s).context("--seconds must be a positive number")
 }

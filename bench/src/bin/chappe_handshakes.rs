@@ -17,7 +17,6 @@ use chappe_bench::{
     Errors, Percentiles, ServerUsage, histogram, print_json, proc_sample, record, rss_kib,
 };
 use chappe_client::Sender;
-use chappe_proto::descriptor::Descriptor;
 use clap::Parser;
 use serde::Serialize;
 
@@ -65,10 +64,7 @@ struct Idle {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let desc: Descriptor = a
-        .relay
-        .parse()
-        .map_err(|e| anyhow!("relay descriptor \"{}\": {e}", a.relay))?;
+    let desc = chappe_bench::descriptor(&a.relay)?;
     let desc = Arc::new(desc);
     let duration = chappe_bench::seconds(a.seconds)?;
     let errors = Arc::new(Errors::default());

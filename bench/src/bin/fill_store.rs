@@ -27,7 +27,6 @@ use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use chappe_bench::print_json;
 use chappe_client::OwnerSession;
-use chappe_proto::descriptor::Descriptor;
 use chappe_proto::noise::Keypair;
 use chappe_proto::{DeliveryToken, OwnerKey, SendId};
 use chappe_store::{Store, StoreConfig};
@@ -320,10 +319,7 @@ fn read_owners(path: &std::path::Path) -> anyhow::Result<Vec<Keypair>> {
 }
 
 async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
-    let desc: Descriptor = a
-        .relay
-        .parse()
-        .map_err(|e| anyhow!("relay descriptor \"{}\": {e}", a.relay))?;
+    let desc = chappe_bench::descriptor(&a.relay)?;
     let owners = read_owners(&a.owners_file)?;
     let t0 = Instant::now();
     let mut mailboxes = 0usize;

@@ -120,10 +120,7 @@ struct Report {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let desc: Descriptor = a
-        .relay
-        .parse()
-        .map_err(|e| anyhow!("relay descriptor \"{}\": {e}", a.relay))?;
+    let desc = chappe_bench::descriptor(&a.relay)?;
     if a.worker {
         worker(&desc, a.sessions, a.concurrency).await
     } else {
