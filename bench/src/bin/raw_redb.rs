@@ -40,11 +40,16 @@ struct Args {
     /// Stop inserting after this many values (bounds the drain's length).
     #[arg(long, default_value_t = 2_000_000)]
     max_values: u64,
+    /// Commit with redb's quick-repair (2-phase commit plus the allocator
+    /// state), as the relay does with `[store] quick_repair = true`.
+    #[arg(long)]
+    quick_repair: bool,
 }
 
 #[derive(Serialize)]
 struct Report {
     batch: usize,
+    quick_repair: bool,
     size: usize,
     insert_seconds: f64,
     inserted: u64,
@@ -92,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         let began = Instant::now();
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
+        txn.set_quick_repair(a.quick_repair);
         {
             let mut t = txn.open_table(ENVELOPES)?;
             for _ in 0..batch {
@@ -136,6 +142,7 @@ fn main() -> anyhow::Result<()> {
         }
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
+        txn.set_quick_repair(a.quick_repair);
         {
             let mut t = txn.open_table(ENVELOPES)?;
             for k in &keys {
@@ -154,6 +161,7 @@ fn main() -> anyhow::Result<()> {
 
     print_json(&Report {
         batch,
+        quick_repair: a.quick_repair,
         size: a.size,
         insert_seconds,
         inserted,

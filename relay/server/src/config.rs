@@ -59,7 +59,15 @@ struct File {
     #[serde(default)]
     limits: LimitsFile,
     #[serde(default)]
+    store: StoreFile,
+    #[serde(default)]
     log: LogFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreFile {
+    quick_repair: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -103,6 +111,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub metrics_listen: Option<SocketAddr>,
     pub limits: Limits,
+    /// `[store] quick_repair`: see [`chappe_store::StoreConfig::quick_repair`].
+    pub quick_repair: bool,
     pub log_level: String,
 }
 
@@ -285,10 +295,30 @@ impl Config {
             state_dir,
             metrics_listen,
             limits,
+            quick_repair: file.store.quick_repair.unwrap_or(false),
             log_level,
         })
     }
+
+    /// The store's settings: the file in the state directory, the limits
+    /// that the store enforces, and `[store]`.
+    pub fn store_config(&self) -> chappe_store::StoreConfig {
+        let l = &self.limits;
+        chappe_store::StoreConfig {
+            max_envelopes_per_mailbox: l.max_envelopes_per_mailbox,
+            max_bytes_per_mailbox: l.max_bytes_per_mailbox,
+            max_mailboxes_per_owner: l.max_mailboxes_per_owner,
+            envelope_ttl: l.envelope_ttl,
+            min_free_disk_bytes: l.min_free_disk_bytes,
+            max_store_bytes: l.max_store_bytes,
+            quick_repair: self.quick_repair,
+            ..chappe_store::StoreConfig::new(self.state_dir.join(STORE_FILE))
+        }
+    }
 }
+
+/// The store's file name inside the state directory.
+pub const STORE_FILE: &str = "store.redb";
 
 fn positive<T: PartialOrd + Default + Copy + std::fmt::Display>(
     key: &'static str,

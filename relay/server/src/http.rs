@@ -4,10 +4,16 @@
 //! watchdog or liveness probe); `/readyz` answers 200 only while the relay
 //! accepts QUIC connections (store open, endpoint bound, not draining), which
 //! is what a load balancer or an upgrade script waits for.
+//!
+//! The listener starts before the store is opened. Opening can take long:
+//! after a crash redb repairs the whole file first. Meanwhile `/healthz`
+//! says `opening store` (alive, so nothing restarts it in a loop),
+//! `/readyz` says not ready, and `/metrics` serves what exists already,
+//! with `chappe_ready 0`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -16,7 +22,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use prometheus::{Encoder, TextEncoder};
+use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
 
 use crate::relay::Relay;
@@ -26,7 +32,28 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-pub async fn serve(listener: TcpListener, relay: Arc<Relay>, mut shutdown: Shutdown) {
+/// What the listener reports on: the metrics registry from the start, the
+/// relay once the store is open.
+pub struct Status {
+    registry: Registry,
+    relay: OnceLock<Arc<Relay>>,
+}
+
+impl Status {
+    pub fn new(registry: Registry) -> Arc<Status> {
+        Arc::new(Status {
+            registry,
+            relay: OnceLock::new(),
+        })
+    }
+
+    /// The store is open and the relay exists; called once.
+    pub fn opened(&self, relay: Arc<Relay>) {
+        let _ = self.relay.set(relay);
+    }
+}
+
+pub async fn serve(listener: TcpListener, status: Arc<Status>, mut shutdown: Shutdown) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -39,11 +66,11 @@ pub async fn serve(listener: TcpListener, relay: Arc<Relay>, mut shutdown: Shutd
                 continue;
             }
         };
-        let relay = relay.clone();
+        let status = status.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let relay = relay.clone();
-                async move { Ok::<_, Infallible>(respond(&relay, &req)) }
+                let status = status.clone();
+                async move { Ok::<_, Infallible>(respond(&status, &req)) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -52,7 +79,8 @@ pub async fn serve(listener: TcpListener, relay: Arc<Relay>, mut shutdown: Shutd
     }
 }
 
-fn respond(relay: &Relay, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn respond(status: &Status, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let relay = status.relay.get();
     let text = |status: StatusCode, body: &'static str| {
         let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
         *r.status_mut() = status;
@@ -63,13 +91,12 @@ fn respond(relay: &Relay, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
     match req.uri().path() {
         "/metrics" => {
-            relay.refresh_gauges();
+            if let Some(relay) = relay {
+                relay.refresh_gauges();
+            }
             let mut buf = Vec::new();
             let enc = TextEncoder::new();
-            if enc
-                .encode(&relay.metrics.registry.gather(), &mut buf)
-                .is_err()
-            {
+            if enc.encode(&status.registry.gather(), &mut buf).is_err() {
                 return text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n");
             }
             let mut r = Response::new(Full::new(Bytes::from(buf)));
@@ -78,9 +105,10 @@ fn respond(relay: &Relay, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             }
             r
         }
+        "/healthz" if relay.is_none() => text(StatusCode::OK, "opening store\n"),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
-            if relay.is_ready() {
+            if relay.is_some_and(|r| r.is_ready()) {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

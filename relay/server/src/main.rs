@@ -150,27 +150,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let descriptor = keys
         .descriptor(&cfg.public_address)
         .context("public_address is not host:port")?;
-    let store = chappe_store::Store::open(chappe_store::StoreConfig {
-        path: cfg.state_dir.join("store.redb"),
-        max_envelopes_per_mailbox: cfg.limits.max_envelopes_per_mailbox,
-        max_bytes_per_mailbox: cfg.limits.max_bytes_per_mailbox,
-        max_mailboxes_per_owner: cfg.limits.max_mailboxes_per_owner,
-        envelope_ttl: cfg.limits.envelope_ttl,
-        min_free_disk_bytes: cfg.limits.min_free_disk_bytes,
-        max_store_bytes: cfg.limits.max_store_bytes,
-        ..chappe_store::StoreConfig::new(cfg.state_dir.join("store.redb"))
-    })
-    .context("opening the store")?;
     let metrics = metrics::Metrics::new().context("registering metrics")?;
     let (trigger, shutdown) = shutdown::channel();
-    let relay = relay::Relay::new(
-        store.clone(),
-        keys.noise.clone(),
-        cfg.limits.clone(),
-        metrics,
-        shutdown.clone(),
-    );
-
+    // Probes answer from here on, also while the store opens (which, after a
+    // crash, means a repair that reads the whole file).
+    let status = http::Status::new(metrics.registry.clone());
     let http = match cfg.metrics_listen {
         Some(addr) => {
             let l = http::bind(addr)
@@ -178,12 +162,26 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 .with_context(|| format!("binding metrics on {addr} (tcp)"))?;
             Some(tokio::spawn(http::serve(
                 l,
-                relay.clone(),
+                status.clone(),
                 shutdown.clone(),
             )))
         }
         None => None,
     };
+    let store_cfg = cfg.store_config();
+    let store = tokio::task::spawn_blocking(move || chappe_store::Store::open(store_cfg))
+        .await
+        .context("opening the store")?
+        .context("opening the store")?;
+    let relay = relay::Relay::new(
+        store.clone(),
+        keys.noise.clone(),
+        cfg.limits.clone(),
+        metrics,
+        shutdown.clone(),
+    );
+    status.opened(relay.clone());
+
     // Handlers first: a SIGTERM right after "ready" must drain, not kill.
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;

@@ -26,6 +26,12 @@ pub struct StoreConfig {
     pub max_store_bytes: u64,
     /// Most requests committed in one transaction (one fsync).
     pub max_batch: usize,
+    /// Commit with redb's quick-repair: each commit also records the
+    /// allocator state and uses a two-phase commit, so that opening the file
+    /// after a crash (kill -9, power loss) loads that state instead of
+    /// walking the whole file. Costs a second fsync per commit; see
+    /// `docs/OPERATOR.md` for the measured trade-off.
+    pub quick_repair: bool,
 }
 
 impl StoreConfig {
@@ -40,6 +46,7 @@ impl StoreConfig {
             min_free_disk_bytes: 512 * MIB,
             max_store_bytes: 0,
             max_batch: 1024,
+            quick_repair: false,
         }
     }
 }

@@ -25,7 +25,10 @@
 use std::path::Path;
 
 use chappe_proto::{OwnerKey, ReceiveId};
-use redb::{Database, ReadableTable, Table, TableDefinition, TableHandle, WriteTransaction};
+use redb::{
+    Builder, Database, ReadableTable, RepairSession, Table, TableDefinition, TableHandle,
+    WriteTransaction,
+};
 
 use crate::error::StoreError;
 use crate::records::read_u64;
@@ -84,9 +87,12 @@ pub(crate) fn write_totals(
 
 /// Opens (or creates) the file, checks or writes the schema version, makes
 /// sure every table exists, and returns the totals kept in `meta`.
-pub(crate) fn open(path: &Path) -> Result<(Database, Totals), StoreError> {
-    let db = Database::create(path)?;
-    let txn = db.begin_write()?;
+pub(crate) fn open(path: &Path, quick_repair: bool) -> Result<(Database, Totals), StoreError> {
+    let db = Builder::new()
+        .set_repair_callback(log_repair)
+        .create(path)?;
+    let mut txn = db.begin_write()?;
+    txn.set_quick_repair(quick_repair);
     let others = txn
         .list_tables()?
         .filter(|t| t.name() != META.name())
@@ -118,9 +124,32 @@ pub(crate) fn open(path: &Path) -> Result<(Database, Totals), StoreError> {
         }
         read_totals(&meta)?
     };
-    open_all(&txn)?;
-    txn.commit()?;
+    if others == TABLES {
+        // Nothing to create. Committing anyway would replace the commit the
+        // last clean shutdown left, which holds redb's allocator state, with
+        // one that does not: a crash before the first real write would then
+        // cost a full repair.
+        txn.abort()?;
+    } else {
+        open_all(&txn)?;
+        txn.commit()?;
+    }
     Ok((db, totals))
+}
+
+/// Tables besides `meta` that [`open_all`] creates.
+const TABLES: usize = 5;
+
+/// redb calls this while it repairs a file that was not closed cleanly (the
+/// relay was killed or the machine lost power). The repair reads the whole
+/// file before the relay can serve, so say so, and how far it is: on a large
+/// store it takes seconds to minutes.
+fn log_repair(session: &mut RepairSession) {
+    let percent = (session.progress() * 100.0).clamp(0.0, 100.0);
+    tracing::warn!(
+        percent = format_args!("{percent:.0}"),
+        "store was not closed cleanly; checking and repairing it before serving"
+    );
 }
 
 fn open_all(txn: &WriteTransaction) -> Result<(), StoreError> {

@@ -80,7 +80,7 @@ impl Store {
     }
 
     pub(crate) fn open_with_clock(cfg: StoreConfig, clock: Clock) -> Result<Store, StoreError> {
-        let (db, totals) = schema::open(&cfg.path)?;
+        let (db, totals) = schema::open(&cfg.path, cfg.quick_repair)?;
         let db = Arc::new(db);
         let counters = Arc::new(Counters::new(totals));
         let (tx, rx) = mpsc::channel();

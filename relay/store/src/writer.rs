@@ -163,6 +163,7 @@ impl Writer {
     fn commit(&mut self, batch: &[Request], sweep: Option<usize>) -> Result<Committed, StoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
+        txn.set_quick_repair(self.cfg.quick_repair);
         let now_secs = self.clock.now_secs();
         let (outcomes, totals, swept) = {
             let mut tx = Tx::open(&txn, self.totals)?;

@@ -2,6 +2,10 @@
 //! (SIGTERM) in the middle; every send that was answered OK must be
 //! delivered after the restart. Sends that got no answer may or may not
 //! have landed, which is what at-least-once promises the client.
+//!
+//! After kill -9 redb must repair the file before the relay serves: in full
+//! (and the relay says so in its log) unless `[store] quick_repair` is on,
+//! in which case the last commit's allocator state makes that unnecessary.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,11 +19,16 @@ use chappe_proto::noise::Keypair;
 use chappe_system_tests::{Relay, config_args};
 use tokio::sync::Mutex;
 
-async fn crash_while_sending(sigterm: bool) {
+const REPAIR_WARNING: &str = "store was not closed cleanly";
+
+async fn crash_while_sending(sigterm: bool, quick_repair: bool) {
     let dir = tempfile::tempdir().unwrap();
     let args = config_args(
         dir.path(),
-        "[limits]\nmax_envelopes_per_mailbox = 10000000\nmax_bytes_per_mailbox = 100000000000\n",
+        &format!(
+            "[limits]\nmax_envelopes_per_mailbox = 10000000\nmax_bytes_per_mailbox = 100000000000\n\
+             [store]\nquick_repair = {quick_repair}\n"
+        ),
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut relay = Relay::start_with(dir.path(), &args);
@@ -95,7 +104,15 @@ async fn crash_while_sending(sigterm: bool) {
         "no send was acknowledged before the crash"
     );
 
+    let log_before = relay.log_text().len();
     relay.restart();
+    let restart_log = relay.log_text().get(log_before..).unwrap_or("").to_string();
+    let full_repair = !sigterm && !quick_repair;
+    assert_eq!(
+        restart_log.contains(REPAIR_WARNING),
+        full_repair,
+        "full repair expected: {full_repair}; restart log:\n{restart_log}"
+    );
     let mut owner = OwnerSession::connect(&desc, &owner_key).await.unwrap();
     owner.subscribe(mailbox).await.unwrap();
     let mut found = HashSet::new();
@@ -126,10 +143,15 @@ async fn crash_while_sending(sigterm: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_nothing_acknowledged() {
-    crash_while_sending(false).await;
+    crash_while_sending(false, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_quick_repair_loses_nothing_and_skips_the_full_repair() {
+    crash_while_sending(false, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_loses_nothing_acknowledged() {
-    crash_while_sending(true).await;
+    crash_while_sending(true, false).await;
 }

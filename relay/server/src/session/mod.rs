@@ -24,6 +24,7 @@ use chappe_proto::noise::{
     wire,
 };
 use thiserror::Error;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
 
 use crate::relay::Relay;
@@ -87,8 +88,9 @@ impl SessionError {
     }
 }
 
-/// Serves one incoming connection to its end.
-pub async fn run(relay: Arc<Relay>, incoming: quinn::Incoming) {
+/// Serves one incoming connection to its end; `_slot` is its place under
+/// `limits.max_connections`, given back when the session is over.
+pub async fn run(relay: Arc<Relay>, incoming: quinn::IncomingFuture, _slot: OwnedSemaphorePermit) {
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
@@ -125,9 +127,11 @@ async fn serve(relay: &Arc<Relay>, conn: &quinn::Connection) -> Result<(), Sessi
     let mut exporter = [0u8; EXPORTER_LEN];
     conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
         .map_err(|_| SessionError::Exporter)?;
+    // Boxed: the handshake's state (Noise keys, buffers) is needed once,
+    // and inline it would size every session's future for its whole life.
     let hs = timeout(
         relay.limits.handshake_timeout,
-        handshake(relay, conn, &exporter),
+        Box::pin(handshake(relay, conn, &exporter)),
     );
     let (mode, send, reader, owner) = match hs.await {
         // A stream that ends before the handshake is done is a failed

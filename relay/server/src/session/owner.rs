@@ -69,18 +69,28 @@ pub async fn run(
         tokio::select! {
             f = reader.next_frame() => match f {
                 Ok(Some(frame)) => {
-                    if let Err(e) = owner.handle(frame).await {
+                    // Boxed: requests wait on the store, and that state is
+                    // needed per request, not per idle session.
+                    if let Err(e) = Box::pin(owner.handle(frame)).await {
                         break Err(e);
                     }
                 }
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
             },
-            Some(push) = push_rx.recv() => owner.on_push(*push).await,
+            Some(push) = push_rx.recv() => {
+                if let Some(frame) = owner.on_push(*push) {
+                    owner.reply(frame).await;
+                }
+            }
             _ = lagged.notified() => owner.lagged(),
             _ = shutdown.wait() => break Err(SessionError::ShuttingDown),
         }
-        owner.pump().await;
+        // Boxed, and only when needed: a catch-up holds a store read and its
+        // frames, which an idle session should not reserve room for.
+        if owner.behind() {
+            Box::pin(owner.pump()).await;
+        }
     };
     for id in owner.subs.keys() {
         relay.router.unsubscribe(id, owner.session);
@@ -221,39 +231,47 @@ impl Owner<'_> {
         }
     }
 
-    async fn on_push(&mut self, push: Push) {
+    /// The frame to send for a live push, if it continues the cursor within
+    /// the window; otherwise the mailbox is marked for a catch-up read.
+    fn on_push(&mut self, push: Push) -> Option<Frame> {
         let window = self.relay.limits.delivery_window;
-        let Some(sub) = self.subs.get_mut(&push.mailbox) else {
-            return;
-        };
+        let sub = self.subs.get_mut(&push.mailbox)?;
         if push.seq < sub.cursor {
-            return; // already delivered from the store
+            return None; // already delivered from the store
         }
         if !sub.need_fetch && push.seq == sub.cursor && sub.inflight < window {
             sub.cursor = push.seq + 1;
             sub.inflight += 1;
             self.relay.metrics.envelopes_delivered_total.inc();
-            self.reply(Frame::Deliver {
+            Some(Frame::Deliver {
                 mailbox: push.mailbox,
                 seq: push.seq,
                 ciphertext: push.ciphertext,
             })
-            .await;
         } else {
             sub.need_fetch = true;
+            None
         }
+    }
+
+    /// The subscriptions that need a catch-up read and have room for it.
+    fn lagging(&self) -> impl Iterator<Item = ReceiveId> + '_ {
+        let window = self.relay.limits.delivery_window;
+        self.subs
+            .iter()
+            .filter(move |(_, s)| s.need_fetch && s.inflight < window)
+            .map(|(id, _)| *id)
+    }
+
+    fn behind(&self) -> bool {
+        self.lagging().next().is_some()
     }
 
     /// Catches up every subscription that fell behind, within its window.
     async fn pump(&mut self) {
         let window = self.relay.limits.delivery_window;
         loop {
-            let ids: Vec<ReceiveId> = self
-                .subs
-                .iter()
-                .filter(|(_, s)| s.need_fetch && s.inflight < window)
-                .map(|(id, _)| *id)
-                .collect();
+            let ids: Vec<ReceiveId> = self.lagging().collect();
             if ids.is_empty() {
                 return;
             }

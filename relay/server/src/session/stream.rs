@@ -89,8 +89,19 @@ pub struct Outbox(mpsc::Sender<Box<Frame>>);
 
 impl Outbox {
     /// Queues a frame; `Err` once the writer is gone (the stream failed).
+    ///
+    /// Almost always there is room, and then this never suspends. Only a
+    /// full queue waits, in a boxed future: tokio's `send` future is close
+    /// to 300 bytes, and every session future that can await a reply would
+    /// otherwise carry that much for its whole life, idle or not.
     pub async fn send(&self, frame: Frame) -> Result<(), WriterGone> {
-        self.0.send(Box::new(frame)).await.map_err(|_| WriterGone)
+        match self.0.try_send(Box::new(frame)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                Box::pin(self.0.send(frame)).await.map_err(|_| WriterGone)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(WriterGone),
+        }
     }
 }
 
