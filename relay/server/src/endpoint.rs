@@ -4,7 +4,6 @@
 //! would let the relay link an anonymous sender's connections to one another
 //! or to its owner session).
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -82,8 +81,11 @@ pub async fn serve(endpoint: quinn::Endpoint, relay: Arc<Relay>) {
         };
         // The session future itself is the task: a wrapping `async move`
         // block would keep its own copy of the 384-byte `Incoming` next to
-        // the one inside, for the whole life of every connection.
-        tokio::spawn(session::run(relay.clone(), incoming.into_future(), permit));
+        // the one inside, for the whole life of every connection. Boxed, so
+        // the session future does not reserve it either. Accepting (the TLS
+        // key exchange and signature) happens in the task, not here: this
+        // loop is one task, and must not do every handshake's crypto itself.
+        tokio::spawn(session::run(relay.clone(), Box::new(incoming), permit));
     }
     // Sessions see the same shutdown signal: they stop reading, answer what
     // is in flight, and close with `shutting down`.

@@ -90,8 +90,8 @@ impl SessionError {
 
 /// Serves one incoming connection to its end; `_slot` is its place under
 /// `limits.max_connections`, given back when the session is over.
-pub async fn run(relay: Arc<Relay>, incoming: quinn::IncomingFuture, _slot: OwnedSemaphorePermit) {
-    let conn = match incoming.await {
+pub async fn run(relay: Arc<Relay>, incoming: Box<quinn::Incoming>, _slot: OwnedSemaphorePermit) {
+    let conn = match (*incoming).await {
         Ok(c) => c,
         Err(e) => {
             // Includes a client offering only classical key exchange.
