@@ -82,9 +82,8 @@ pub async fn serve(endpoint: quinn::Endpoint, relay: Arc<Relay>) {
         // The session future itself is the task: a wrapping `async move`
         // block would keep its own copy of the 384-byte `Incoming` next to
         // the one inside, for the whole life of every connection. Boxed, so
-        // the session future does not reserve it either. Accepting (the TLS
-        // key exchange and signature) happens in the task, not here: this
-        // loop is one task, and must not do every handshake's crypto itself.
+        // the session future does not reserve it either. The accept itself
+        // starts in the task, so this loop only hands connections out.
         tokio::spawn(session::run(relay.clone(), Box::new(incoming), permit));
     }
     // Sessions see the same shutdown signal: they stop reading, answer what

@@ -171,7 +171,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let store_cfg = cfg.store_config();
     let store = tokio::task::spawn_blocking(move || chappe_store::Store::open(store_cfg))
         .await
-        .context("opening the store")?
+        .context("the store-opening thread failed")?
         .context("opening the store")?;
     let relay = relay::Relay::new(
         store.clone(),
