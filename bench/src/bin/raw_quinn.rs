@@ -15,6 +15,13 @@
 //!   per request and as long-lived streams carrying one request at a time.
 //! - bulk: one connection, one stream, 64 KiB writes for `--seconds`; the
 //!   server counts what it read and answers with the count at the end.
+//! - fwd: the ceiling for the relay's online shape. `--fwd-senders`
+//!   connections each keep `--fwd-window` messages of `--fwd-size` bytes
+//!   outstanding on one long-lived stream; the server answers each with a
+//!   4-byte OK and hands it, through a channel, to the one receiver
+//!   connection's stream, whose client acks every 32 messages. That is the
+//!   relay's path with no store, no Noise and no per-send task: two QUIC
+//!   hops per message, and the rate is what the receiver got.
 //! - idle: after the handshakes (so the server's allocator has seen the same
 //!   churn as the relay's in `chappe-handshakes --hold`),
 //!   `--idle-connections` established connections on one client endpoint;
@@ -70,6 +77,15 @@ struct Args {
     /// Bulk write size.
     #[arg(long, default_value_t = 65536)]
     bulk_chunk: usize,
+    /// Sender connections for the forwarding test.
+    #[arg(long, default_value_t = 8)]
+    fwd_senders: usize,
+    /// Messages each forwarding sender keeps outstanding.
+    #[arg(long, default_value_t = 32)]
+    fwd_window: usize,
+    /// Forwarded message size.
+    #[arg(long, default_value_t = 1024)]
+    fwd_size: usize,
     /// Idle connections to hold for the RSS measurement.
     #[arg(long, default_value_t = 2000)]
     idle_connections: usize,
@@ -90,6 +106,7 @@ enum Test {
     Handshakes,
     Rr,
     Bulk,
+    Fwd,
     Idle,
 }
 
@@ -99,6 +116,7 @@ struct Report {
     rr_stream_per_request: Option<Rate>,
     rr_long_streams: Option<Rate>,
     bulk: Option<Bulk>,
+    fwd: Option<Forward>,
     idle: Option<Idle>,
     errors: std::collections::BTreeMap<String, u64>,
 }
@@ -120,6 +138,22 @@ struct Bulk {
     seconds: f64,
     bytes: u64,
     mb_per_sec: f64,
+    #[serde(flatten)]
+    server: ServerUsage,
+}
+
+#[derive(Serialize)]
+struct Forward {
+    senders: usize,
+    window: usize,
+    size: usize,
+    seconds: f64,
+    /// Messages the receiver got.
+    delivered: u64,
+    per_sec: f64,
+    mb_per_sec: f64,
+    /// From the send to the receiver reading it.
+    latency: Percentiles,
     #[serde(flatten)]
     server: ServerUsage,
 }
@@ -188,11 +222,13 @@ fn serve(bidi_streams: u32) -> anyhow::Result<()> {
             }
             std::process::exit(0);
         });
+        let sink = Sink::default();
         while let Some(incoming) = endpoint.accept().await {
+            let sink = sink.clone();
             tokio::spawn(async move {
                 let Ok(conn) = incoming.await else { return };
                 while let Ok((send, recv)) = conn.accept_bi().await {
-                    tokio::spawn(stream(send, recv));
+                    tokio::spawn(stream(send, recv, sink.clone()));
                 }
             });
         }
@@ -200,8 +236,42 @@ fn serve(bidi_streams: u32) -> anyhow::Result<()> {
     })
 }
 
-/// First byte picks the kind: `E` echoes, `B` counts and answers the count.
-async fn stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+/// The forwarding receiver's queue, once its stream has said `R`.
+type Sink = Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Sender<Bytes>>>>;
+
+/// How many forwarded messages may wait for the receiver's stream: the
+/// relay's owner push queue is as deep.
+const FWD_QUEUE: usize = 1024;
+
+/// Reads one forwarding message, its 4-byte length prefix included, so the
+/// server passes it on as read, without a copy.
+async fn read_msg(recv: &mut quinn::RecvStream) -> anyhow::Result<Option<Bytes>> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let body = usize::try_from(u32::from_be_bytes(len))?;
+    let mut m = vec![0u8; 4 + body];
+    m.get_mut(..4)
+        .ok_or_else(|| anyhow!("short buffer"))?
+        .copy_from_slice(&len);
+    recv.read_exact(m.get_mut(4..).ok_or_else(|| anyhow!("short buffer"))?)
+        .await?;
+    Ok(Some(Bytes::from(m)))
+}
+
+fn msg(body: &[u8]) -> anyhow::Result<Bytes> {
+    let mut m = Vec::with_capacity(4 + body.len());
+    m.extend_from_slice(&u32::try_from(body.len())?.to_be_bytes());
+    m.extend_from_slice(body);
+    Ok(Bytes::from(m))
+}
+
+/// First byte picks the kind: `E` echoes, `B` counts and answers the count,
+/// `S` forwards each message to the `R` stream and answers OK.
+async fn stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, sink: Sink) {
     let mut kind = [0u8; 1];
     if recv.read_exact(&mut kind).await.is_err() {
         return;
@@ -220,6 +290,50 @@ async fn stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
                 n += u64::try_from(c.bytes.len()).unwrap_or(0);
             }
             let _ = send.write_all(&n.to_be_bytes()).await;
+        }
+        b"R" => {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(FWD_QUEUE);
+            if let Ok(mut s) = sink.lock() {
+                *s = Some(tx);
+            }
+            // Acks are read and dropped, as a store-less relay would.
+            tokio::spawn(async move {
+                let mut ack = [0u8; 8];
+                while recv.read_exact(&mut ack).await.is_ok() {}
+            });
+            while let Some(m) = rx.recv().await {
+                if send.write_chunk(m).await.is_err() {
+                    return;
+                }
+            }
+        }
+        b"S" => {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(FWD_QUEUE);
+            // The sender's answers go out from their own task, as the relay's
+            // session writer does, so reading never waits on writing.
+            let writer = tokio::spawn(async move {
+                while let Some(ok) = rx.recv().await {
+                    if send.write_chunk(ok).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = send.finish();
+            });
+            let ok = Bytes::from_static(b"OK\0\0");
+            while let Ok(Some(m)) = read_msg(&mut recv).await {
+                let out = sink.lock().ok().and_then(|s| s.clone());
+                if let Some(out) = out
+                    && out.send(m).await.is_err()
+                {
+                    break;
+                }
+                if tx.send(ok.clone()).await.is_err() {
+                    break;
+                }
+            }
+            drop(tx);
+            let _ = writer.await;
+            return;
         }
         _ => {}
     }
@@ -384,6 +498,106 @@ where
     Ok(counter.rate(workers.max(1), seconds, ServerUsage::between(s0, s1)))
 }
 
+/// The forwarding test (see the module doc).
+async fn forward(
+    a: &Args,
+    cfg: &quinn::ClientConfig,
+    addr: SocketAddr,
+    pid: u32,
+    duration: Duration,
+) -> anyhow::Result<Forward> {
+    let size = a.fwd_size.max(8);
+    let rconn = connect(&endpoint(cfg)?, addr).await?;
+    let (mut rs, mut rr) = rconn.open_bi().await?;
+    rs.write_all(b"R").await?;
+    // The stream reaches the server with its first bytes; give it a moment
+    // to register before any sender starts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let delivered = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(std::sync::Mutex::new(histogram()?));
+    let epoch = Instant::now();
+    let receiver = {
+        let (delivered, hist) = (delivered.clone(), hist.clone());
+        tokio::spawn(async move {
+            let mut unacked = 0u32;
+            while let Some(m) = read_msg(&mut rr).await? {
+                // Each message carries its send time (µs since `epoch`).
+                let sent = m
+                    .get(4..12)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                let now = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+                if let Ok(mut h) = hist.lock() {
+                    record(&mut h, Duration::from_micros(now.saturating_sub(sent)));
+                }
+                delivered.fetch_add(1, Ordering::Relaxed);
+                unacked += 1;
+                if unacked == 32 {
+                    rs.write_all(&[0u8; 8]).await?;
+                    unacked = 0;
+                }
+            }
+            anyhow::Ok(())
+        })
+    };
+    let s0 = proc_sample(pid);
+    let t0 = Instant::now();
+    let d0 = delivered.load(Ordering::Relaxed);
+    let deadline = t0 + duration;
+    let mut senders = Vec::new();
+    for _ in 0..a.fwd_senders.max(1) {
+        let conn = connect(&endpoint(cfg)?, addr).await?;
+        let window = Arc::new(tokio::sync::Semaphore::new(a.fwd_window.max(1)));
+        senders.push(tokio::spawn(async move {
+            let (mut s, mut r) = conn.open_bi().await?;
+            s.write_all(b"S").await?;
+            let oks = {
+                let window = window.clone();
+                tokio::spawn(async move {
+                    let mut ok = [0u8; 4];
+                    while r.read_exact(&mut ok).await.is_ok() {
+                        window.add_permits(1);
+                    }
+                })
+            };
+            let mut body = vec![0x5a_u8; size];
+            while Instant::now() < deadline {
+                window.acquire().await?.forget();
+                let now = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+                if let Some(stamp) = body.get_mut(..8) {
+                    stamp.copy_from_slice(&now.to_be_bytes());
+                }
+                s.write_chunk(msg(&body)?).await?;
+            }
+            s.finish()?;
+            let _ = oks.await;
+            conn.close(0u32.into(), b"done");
+            anyhow::Ok(())
+        }));
+    }
+    for t in senders {
+        t.await??;
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let count = delivered.load(Ordering::Relaxed).saturating_sub(d0);
+    let s1 = proc_sample(pid);
+    rconn.close(0u32.into(), b"done");
+    drop(receiver);
+    let latency = hist.lock().map(|h| Percentiles::of(&h)).unwrap_or_default();
+    Ok(Forward {
+        senders: a.fwd_senders.max(1),
+        window: a.fwd_window.max(1),
+        size,
+        seconds,
+        delivered: count,
+        per_sec: count as f64 / seconds,
+        mb_per_sec: count as f64 * size as f64 / seconds / 1e6,
+        latency,
+        server: ServerUsage::between(s0, s1),
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     if let Some(Cmd::Serve { bidi_streams }) = a.cmd {
@@ -486,7 +700,7 @@ async fn client(a: Args) -> anyhow::Result<()> {
     }
 
     // Request/response and bulk: as many streams as the workers need.
-    if wants(Test::Rr) || wants(Test::Bulk) {
+    if wants(Test::Rr) || wants(Test::Bulk) || wants(Test::Fwd) {
         let server = Server::spawn(u32::try_from(a.rr_streams.max(1)).unwrap_or(u32::MAX))?;
         let (addr, pid) = (server.addr, server.pid());
         let cfg = client_config(&server.cert)?;
@@ -568,6 +782,10 @@ async fn client(a: Args) -> anyhow::Result<()> {
                 server: ServerUsage::between(s0, s1),
             });
             conn.close(0u32.into(), b"done");
+        }
+
+        if wants(Test::Fwd) {
+            report.fwd = Some(forward(&a, &cfg, addr, pid, duration).await?);
         }
         drop(server);
     }

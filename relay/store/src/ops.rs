@@ -91,6 +91,12 @@ pub(crate) struct Tx<'t> {
     envelopes: Tbl<'t, &'static [u8; 40], &'static [u8]>,
     expiry: Tbl<'t, &'static [u8; 44], ()>,
     meta: Tbl<'t, &'static str, &'static [u8]>,
+    /// Mailbox records this batch changed, written back once in
+    /// [`Tx::finish`]: a busy mailbox takes many sends per batch, and each
+    /// one would otherwise read, decode, encode and rewrite the same record.
+    dirty: HashMap<ReceiveId, MailboxRecord>,
+    /// Send id lookups this batch made, for the same reason.
+    routes: HashMap<SendId, ReceiveId>,
     totals: Totals,
     saved: Totals,
     scratch: Vec<u8>,
@@ -105,6 +111,8 @@ impl<'t> Tx<'t> {
             envelopes: txn.open_table(ENVELOPES)?,
             expiry: txn.open_table(EXPIRY)?,
             meta: txn.open_table(META)?,
+            dirty: HashMap::new(),
+            routes: HashMap::new(),
             totals,
             saved: totals,
             scratch: Vec::with_capacity(512),
@@ -115,8 +123,13 @@ impl<'t> Tx<'t> {
         self.totals
     }
 
-    /// Writes the totals into `meta` if the batch changed them.
-    pub(crate) fn save_totals(&mut self) -> Result<(), StoreError> {
+    /// Writes back the mailbox records the batch changed, and the totals
+    /// into `meta` if they changed. Must run before the commit.
+    pub(crate) fn finish(&mut self) -> Result<(), StoreError> {
+        for (id, rec) in std::mem::take(&mut self.dirty) {
+            rec.encode_into(&mut self.scratch);
+            self.mailboxes.insert(&id.0, self.scratch.as_slice())?;
+        }
         if self.totals != self.saved {
             schema::write_totals(&mut self.meta, &self.totals)?;
             self.saved = self.totals;
@@ -147,6 +160,9 @@ impl<'t> Tx<'t> {
     }
 
     fn record(&self, id: &ReceiveId) -> Result<Option<MailboxRecord>, StoreError> {
+        if let Some(rec) = self.dirty.get(id) {
+            return Ok(Some(rec.clone()));
+        }
         match self.mailboxes.get(&id.0)? {
             Some(v) => MailboxRecord::decode(v.value()).map(Some),
             None => Ok(None),
@@ -161,10 +177,21 @@ impl<'t> Tx<'t> {
         }
     }
 
-    fn put(&mut self, id: &ReceiveId, rec: &MailboxRecord) -> Result<(), StoreError> {
-        rec.encode_into(&mut self.scratch);
-        self.mailboxes.insert(&id.0, self.scratch.as_slice())?;
-        Ok(())
+    /// Stages a changed record; [`Tx::finish`] writes it.
+    fn put(&mut self, id: &ReceiveId, rec: MailboxRecord) {
+        self.dirty.insert(*id, rec);
+    }
+
+    /// The mailbox a send id leads to, if any.
+    fn route(&mut self, send: &SendId) -> Result<Option<ReceiveId>, StoreError> {
+        if let Some(id) = self.routes.get(send) {
+            return Ok(Some(*id));
+        }
+        let id = self.sends.get(&send.0)?.map(|v| ReceiveId(*v.value()));
+        if let Some(id) = id {
+            self.routes.insert(*send, id);
+        }
+        Ok(id)
     }
 
     fn create(
@@ -191,7 +218,7 @@ impl<'t> Tx<'t> {
             next_seq: FIRST_SEQ,
             tokens: *tokens,
         };
-        self.put(&id, &rec)?;
+        self.put(&id, rec);
         self.sends.insert(&send_id.0, &id.0)?;
         self.owners.insert(&owner_key(owner, &id), ())?;
         self.totals.mailboxes += 1;
@@ -210,7 +237,7 @@ impl<'t> Tx<'t> {
         for _ in 0..4 {
             let id = ReceiveId::random();
             let send = SendId::random();
-            if self.mailboxes.get(&id.0)?.is_none() && self.sends.get(&send.0)?.is_none() {
+            if self.record(&id)?.is_none() && self.sends.get(&send.0)?.is_none() {
                 return Ok((id, send));
             }
         }
@@ -235,7 +262,9 @@ impl<'t> Tx<'t> {
             self.expiry.remove(row)?;
         }
         self.sends.remove(&rec.send_id.0)?;
+        self.routes.remove(&rec.send_id);
         self.owners.remove(&owner_key(owner, id))?;
+        self.dirty.remove(id);
         self.mailboxes.remove(&id.0)?;
         if count != u64::from(rec.envelopes) || bytes != rec.bytes {
             tracing::debug!(mailbox = ?id, "mismatched counts");
@@ -255,7 +284,7 @@ impl<'t> Tx<'t> {
     ) -> Result<(), Fail> {
         let mut rec = self.owned(owner, id)?;
         rec.tokens = *tokens;
-        self.put(id, &rec)?;
+        self.put(id, rec);
         Ok(())
     }
 
@@ -266,7 +295,7 @@ impl<'t> Tx<'t> {
         digest: &TokenDigest,
         ciphertext: &[u8],
     ) -> Result<Enqueued, Fail> {
-        let Some(id) = self.sends.get(&send.0)?.map(|v| ReceiveId(*v.value())) else {
+        let Some(id) = self.route(send)? else {
             return Err(RequestError::UnknownMailbox.into());
         };
         let Some(mut rec) = self.record(&id)? else {
@@ -306,7 +335,7 @@ impl<'t> Tx<'t> {
         rec.next_seq = next_seq;
         rec.envelopes = envelopes;
         rec.bytes = rec.bytes.saturating_add(len);
-        self.put(&id, &rec)?;
+        self.put(&id, rec);
         self.totals.envelopes += 1;
         self.totals.bytes = self.totals.bytes.saturating_add(len);
         Ok(Enqueued {
@@ -339,7 +368,7 @@ impl<'t> Tx<'t> {
             changed = true;
         }
         if changed {
-            self.put(id, &rec)?;
+            self.put(id, rec);
         }
         Ok(())
     }
@@ -390,7 +419,7 @@ impl<'t> Tx<'t> {
                 Ok(Some(mut rec)) => {
                     rec.envelopes = rec.envelopes.saturating_sub(count);
                     rec.bytes = rec.bytes.saturating_sub(bytes);
-                    self.put(&id, &rec)?;
+                    self.put(&id, rec);
                 }
                 Ok(None) => {}
                 Err(StoreError::Corrupt { .. }) => {

@@ -165,10 +165,26 @@ impl Store {
         id: ReceiveId,
         tokens: Vec<TokenDigest>,
     ) -> Result<(), RequestError> {
-        let tokens = Box::new(token_list(&tokens)?);
-        self.submit(Op::SetTokens { owner, id, tokens }, Reply::Unit)
-            .wait()
-            .await
+        self.submit_set_tokens(owner, id, &tokens).wait().await
+    }
+
+    pub(crate) fn submit_set_tokens(
+        &self,
+        owner: OwnerKey,
+        id: ReceiveId,
+        tokens: &[TokenDigest],
+    ) -> Pending<()> {
+        match token_list(tokens) {
+            Ok(tokens) => self.submit(
+                Op::SetTokens {
+                    owner,
+                    id,
+                    tokens: Box::new(tokens),
+                },
+                Reply::Unit,
+            ),
+            Err(e) => Pending(Err(e)),
+        }
     }
 
     /// The mailboxes `owner` holds, in receive id order.

@@ -184,7 +184,7 @@ impl Writer {
                 Some(limit) => tx.sweep(hour_of(now_secs), limit)?,
                 None => 0,
             };
-            tx.save_totals()?;
+            tx.finish()?;
             (outcomes, tx.totals(), swept)
         };
         txn.commit()?;
