@@ -91,12 +91,6 @@ pub(crate) struct Tx<'t> {
     envelopes: Tbl<'t, &'static [u8; 40], &'static [u8]>,
     expiry: Tbl<'t, &'static [u8; 44], ()>,
     meta: Tbl<'t, &'static str, &'static [u8]>,
-    /// Mailbox records this batch changed, written back once in
-    /// [`Tx::finish`]: a busy mailbox takes many sends per batch, and each
-    /// one would otherwise read, decode, encode and rewrite the same record.
-    dirty: HashMap<ReceiveId, MailboxRecord>,
-    /// Send id lookups this batch made, for the same reason.
-    routes: HashMap<SendId, ReceiveId>,
     totals: Totals,
     saved: Totals,
     scratch: Vec<u8>,
@@ -111,8 +105,6 @@ impl<'t> Tx<'t> {
             envelopes: txn.open_table(ENVELOPES)?,
             expiry: txn.open_table(EXPIRY)?,
             meta: txn.open_table(META)?,
-            dirty: HashMap::new(),
-            routes: HashMap::new(),
             totals,
             saved: totals,
             scratch: Vec::with_capacity(512),
@@ -123,13 +115,8 @@ impl<'t> Tx<'t> {
         self.totals
     }
 
-    /// Writes back the mailbox records the batch changed, and the totals
-    /// into `meta` if they changed. Must run before the commit.
-    pub(crate) fn finish(&mut self) -> Result<(), StoreError> {
-        for (id, rec) in std::mem::take(&mut self.dirty) {
-            rec.encode_into(&mut self.scratch);
-            self.mailboxes.insert(&id.0, self.scratch.as_slice())?;
-        }
+    /// Writes the totals into `meta` if the batch changed them.
+    pub(crate) fn save_totals(&mut self) -> Result<(), StoreError> {
         if self.totals != self.saved {
             schema::write_totals(&mut self.meta, &self.totals)?;
             self.saved = self.totals;
@@ -160,9 +147,6 @@ impl<'t> Tx<'t> {
     }
 
     fn record(&self, id: &ReceiveId) -> Result<Option<MailboxRecord>, StoreError> {
-        if let Some(rec) = self.dirty.get(id) {
-            return Ok(Some(rec.clone()));
-        }
         match self.mailboxes.get(&id.0)? {
             Some(v) => MailboxRecord::decode(v.value()).map(Some),
             None => Ok(None),
@@ -177,21 +161,10 @@ impl<'t> Tx<'t> {
         }
     }
 
-    /// Stages a changed record; [`Tx::finish`] writes it.
-    fn put(&mut self, id: &ReceiveId, rec: MailboxRecord) {
-        self.dirty.insert(*id, rec);
-    }
-
-    /// The mailbox a send id leads to, if any.
-    fn route(&mut self, send: &SendId) -> Result<Option<ReceiveId>, StoreError> {
-        if let Some(id) = self.routes.get(send) {
-            return Ok(Some(*id));
-        }
-        let id = self.sends.get(&send.0)?.map(|v| ReceiveId(*v.value()));
-        if let Some(id) = id {
-            self.routes.insert(*send, id);
-        }
-        Ok(id)
+    fn put(&mut self, id: &ReceiveId, rec: &MailboxRecord) -> Result<(), StoreError> {
+        rec.encode_into(&mut self.scratch);
+        self.mailboxes.insert(&id.0, self.scratch.as_slice())?;
+        Ok(())
     }
 
     fn create(
@@ -218,7 +191,7 @@ impl<'t> Tx<'t> {
             next_seq: FIRST_SEQ,
             tokens: *tokens,
         };
-        self.put(&id, rec);
+        self.put(&id, &rec)?;
         self.sends.insert(&send_id.0, &id.0)?;
         self.owners.insert(&owner_key(owner, &id), ())?;
         self.totals.mailboxes += 1;
@@ -237,7 +210,7 @@ impl<'t> Tx<'t> {
         for _ in 0..4 {
             let id = ReceiveId::random();
             let send = SendId::random();
-            if self.record(&id)?.is_none() && self.sends.get(&send.0)?.is_none() {
+            if self.mailboxes.get(&id.0)?.is_none() && self.sends.get(&send.0)?.is_none() {
                 return Ok((id, send));
             }
         }
@@ -262,9 +235,7 @@ impl<'t> Tx<'t> {
             self.expiry.remove(row)?;
         }
         self.sends.remove(&rec.send_id.0)?;
-        self.routes.remove(&rec.send_id);
         self.owners.remove(&owner_key(owner, id))?;
-        self.dirty.remove(id);
         self.mailboxes.remove(&id.0)?;
         if count != u64::from(rec.envelopes) || bytes != rec.bytes {
             tracing::debug!(mailbox = ?id, "mismatched counts");
@@ -284,7 +255,7 @@ impl<'t> Tx<'t> {
     ) -> Result<(), Fail> {
         let mut rec = self.owned(owner, id)?;
         rec.tokens = *tokens;
-        self.put(id, rec);
+        self.put(id, &rec)?;
         Ok(())
     }
 
@@ -295,7 +266,7 @@ impl<'t> Tx<'t> {
         digest: &TokenDigest,
         ciphertext: &[u8],
     ) -> Result<Enqueued, Fail> {
-        let Some(id) = self.route(send)? else {
+        let Some(id) = self.sends.get(&send.0)?.map(|v| ReceiveId(*v.value())) else {
             return Err(RequestError::UnknownMailbox.into());
         };
         let Some(mut rec) = self.record(&id)? else {
@@ -335,7 +306,7 @@ impl<'t> Tx<'t> {
         rec.next_seq = next_seq;
         rec.envelopes = envelopes;
         rec.bytes = rec.bytes.saturating_add(len);
-        self.put(&id, rec);
+        self.put(&id, &rec)?;
         self.totals.envelopes += 1;
         self.totals.bytes = self.totals.bytes.saturating_add(len);
         Ok(Enqueued {
@@ -368,7 +339,7 @@ impl<'t> Tx<'t> {
             changed = true;
         }
         if changed {
-            self.put(id, rec);
+            self.put(id, &rec)?;
         }
         Ok(())
     }
@@ -419,7 +390,7 @@ impl<'t> Tx<'t> {
                 Ok(Some(mut rec)) => {
                     rec.envelopes = rec.envelopes.saturating_sub(count);
                     rec.bytes = rec.bytes.saturating_sub(bytes);
-                    self.put(&id, rec);
+                    self.put(&id, &rec)?;
                 }
                 Ok(None) => {}
                 Err(StoreError::Corrupt { .. }) => {

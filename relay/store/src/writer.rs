@@ -184,7 +184,7 @@ impl Writer {
                 Some(limit) => tx.sweep(hour_of(now_secs), limit)?,
                 None => 0,
             };
-            tx.finish()?;
+            tx.save_totals()?;
             (outcomes, tx.totals(), swept)
         };
         txn.commit()?;
