@@ -21,7 +21,9 @@
 //!   4-byte OK and hands it, through a channel, to the one receiver
 //!   connection's stream, whose client acks every 32 messages. That is the
 //!   relay's path with no store, no Noise and no per-send task: two QUIC
-//!   hops per message, and the rate is what the receiver got.
+//!   hops per message, and the rate is what the receiver got. With
+//!   `--fwd-no-receiver` the server answers OK and drops the message: the
+//!   durable-send shape with no disk, counted in OKs.
 //! - idle: after the handshakes (so the server's allocator has seen the same
 //!   churn as the relay's in `chappe-handshakes --hold`),
 //!   `--idle-connections` established connections on one client endpoint;
@@ -86,6 +88,9 @@ struct Args {
     /// Forwarded message size.
     #[arg(long, default_value_t = 1024)]
     fwd_size: usize,
+    /// No receiver: the server answers OK and drops each message.
+    #[arg(long)]
+    fwd_no_receiver: bool,
     /// Idle connections to hold for the RSS measurement.
     #[arg(long, default_value_t = 2000)]
     idle_connections: usize,
@@ -148,10 +153,14 @@ struct Forward {
     window: usize,
     size: usize,
     seconds: f64,
+    receiver: bool,
     /// Messages the receiver got.
     delivered: u64,
     per_sec: f64,
     mb_per_sec: f64,
+    /// OKs the senders got.
+    oks: u64,
+    oks_per_sec: f64,
     /// From the send to the receiver reading it.
     latency: Percentiles,
     #[serde(flatten)]
@@ -321,11 +330,10 @@ async fn stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, sink: 
             });
             let ok = Bytes::from_static(b"OK\0\0");
             while let Ok(Some(m)) = read_msg(&mut recv).await {
+                // No receiver (or a gone one): the message is dropped.
                 let out = sink.lock().ok().and_then(|s| s.clone());
-                if let Some(out) = out
-                    && out.send(m).await.is_err()
-                {
-                    break;
+                if let Some(out) = out {
+                    let _ = out.send(m).await;
                 }
                 if tx.send(ok.clone()).await.is_err() {
                     break;
@@ -507,18 +515,21 @@ async fn forward(
     duration: Duration,
 ) -> anyhow::Result<Forward> {
     let size = a.fwd_size.max(8);
-    let rconn = connect(&endpoint(cfg)?, addr).await?;
-    let (mut rs, mut rr) = rconn.open_bi().await?;
-    rs.write_all(b"R").await?;
-    // The stream reaches the server with its first bytes; give it a moment
-    // to register before any sender starts.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let delivered = Arc::new(AtomicU64::new(0));
+    let oks = Arc::new(AtomicU64::new(0));
     let hist = Arc::new(std::sync::Mutex::new(histogram()?));
     let epoch = Instant::now();
-    let receiver = {
+    let receiver = if a.fwd_no_receiver {
+        None
+    } else {
+        let rconn = connect(&endpoint(cfg)?, addr).await?;
+        let (mut rs, mut rr) = rconn.open_bi().await?;
+        rs.write_all(b"R").await?;
+        // The stream reaches the server with its first bytes; give it a
+        // moment to register before any sender starts.
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let (delivered, hist) = (delivered.clone(), hist.clone());
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut unacked = 0u32;
             while let Some(m) = read_msg(&mut rr).await? {
                 // Each message carries its send time (µs since `epoch`).
@@ -539,7 +550,8 @@ async fn forward(
                 }
             }
             anyhow::Ok(())
-        })
+        });
+        Some((rconn, task))
     };
     let s0 = proc_sample(pid);
     let t0 = Instant::now();
@@ -549,6 +561,7 @@ async fn forward(
     for _ in 0..a.fwd_senders.max(1) {
         let conn = connect(&endpoint(cfg)?, addr).await?;
         let window = Arc::new(tokio::sync::Semaphore::new(a.fwd_window.max(1)));
+        let oks = oks.clone();
         senders.push(tokio::spawn(async move {
             let (mut s, mut r) = conn.open_bi().await?;
             s.write_all(b"S").await?;
@@ -557,6 +570,7 @@ async fn forward(
                 tokio::spawn(async move {
                     let mut ok = [0u8; 4];
                     while r.read_exact(&mut ok).await.is_ok() {
+                        oks.fetch_add(1, Ordering::Relaxed);
                         window.add_permits(1);
                     }
                 })
@@ -581,18 +595,24 @@ async fn forward(
     }
     let seconds = t0.elapsed().as_secs_f64();
     let count = delivered.load(Ordering::Relaxed).saturating_sub(d0);
+    let ok_count = oks.load(Ordering::Relaxed);
     let s1 = proc_sample(pid);
-    rconn.close(0u32.into(), b"done");
-    drop(receiver);
+    if let Some((rconn, task)) = receiver {
+        rconn.close(0u32.into(), b"done");
+        task.abort();
+    }
     let latency = hist.lock().map(|h| Percentiles::of(&h)).unwrap_or_default();
     Ok(Forward {
         senders: a.fwd_senders.max(1),
         window: a.fwd_window.max(1),
         size,
         seconds,
+        receiver: !a.fwd_no_receiver,
         delivered: count,
         per_sec: count as f64 / seconds,
         mb_per_sec: count as f64 * size as f64 / seconds / 1e6,
+        oks: ok_count,
+        oks_per_sec: ok_count as f64 / seconds,
         latency,
         server: ServerUsage::between(s0, s1),
     })
