@@ -60,4 +60,4 @@ pub use reads::{CheckReport, MAX_PROBLEMS};
 pub use request::{Enqueued, MailboxInfo, StoredEnvelope};
 pub use schema::Totals;
 pub use stats::StoreStats;
-pub use store::Store;
+pub use store::{Pending, Store};

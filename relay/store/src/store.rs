@@ -55,14 +55,33 @@ impl Drop for Inner {
 }
 
 /// A request handed to the writer, whose answer has not come yet.
-pub(crate) struct Pending<T>(Result<oneshot::Receiver<Result<T, RequestError>>, RequestError>);
+///
+/// The writer answers in the order requests were queued, and answers a
+/// whole batch at once; a caller with many requests outstanding can wait
+/// for the oldest and then collect every later one that is already
+/// answered with [`Pending::try_wait`], and so reply to its peer in one
+/// write instead of one per request.
+pub struct Pending<T>(Result<oneshot::Receiver<Result<T, RequestError>>, RequestError>);
 
 impl<T> Pending<T> {
-    pub(crate) async fn wait(self) -> Result<T, RequestError> {
+    pub async fn wait(self) -> Result<T, RequestError> {
         match self.0 {
             // A dropped sender means the writer stopped before reaching it.
             Ok(rx) => rx.await.unwrap_or(Err(RequestError::ShuttingDown)),
             Err(e) => Err(e),
+        }
+    }
+
+    /// The answer if it has come, without waiting; otherwise the request
+    /// back, still pending.
+    pub fn try_wait(self) -> Result<Result<T, RequestError>, Pending<T>> {
+        match self.0 {
+            Ok(mut rx) => match rx.try_recv() {
+                Ok(answer) => Ok(answer),
+                Err(oneshot::error::TryRecvError::Empty) => Err(Pending(Ok(rx))),
+                Err(oneshot::error::TryRecvError::Closed) => Ok(Err(RequestError::ShuttingDown)),
+            },
+            Err(e) => Ok(Err(e)),
         }
     }
 }
@@ -203,7 +222,9 @@ impl Store {
         self.submit_enqueue(send, &token, ciphertext).wait().await
     }
 
-    pub(crate) fn submit_enqueue(
+    /// [`Store::enqueue`] without waiting: the envelope is queued for the
+    /// next group commit, and the answer comes through the [`Pending`].
+    pub fn submit_enqueue(
         &self,
         send: SendId,
         token: &DeliveryToken,

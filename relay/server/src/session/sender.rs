@@ -1,30 +1,57 @@
 //! The anonymous sender session: `Send` in, `Result` out.
 //!
-//! Sends are pipelined: each one waits for the store's group commit in its
-//! own task, so one connection can keep many envelopes in the same batch.
-//! A semaphore bounds how many wait at once; when it is exhausted the session
-//! stops reading, and QUIC flow control pushes back on the client.
+//! Sends are pipelined: the session reads a send, queues it for the store's
+//! group commit and reads the next, so one connection can keep many
+//! envelopes in the same batch. A semaphore bounds how many are
+//! outstanding; when it is exhausted the session stops reading, and QUIC
+//! flow control pushes back on the client.
+//!
+//! One task per session answers, in the order the sends came. The store
+//! answers a whole batch at once, so after waiting for the oldest send the
+//! task takes every later one that is already answered and writes all their
+//! results in one stream write. Answering each send from its own task, as
+//! this did before, cost one UDP datagram per envelope: `perf stat` counted
+//! 204,434 `sendmsg` calls for about 207,000 durable sends.
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use chappe_proto::ResultCode;
 use chappe_proto::envelope::check_len;
 use chappe_proto::frame::Frame;
-use tokio::sync::Semaphore;
+use chappe_store::{Enqueued, Pending};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::SessionError;
-use super::stream::{FrameReader, spawn_writer};
+use super::stream::{FrameReader, finish, push_parts};
 use crate::relay::Relay;
 use crate::router::Push;
+
+/// A send whose result is still to be written.
+enum Queued {
+    /// Refused before the store (a length that is no bucket size).
+    Refused { req: u32, code: ResultCode },
+    Stored {
+        req: u32,
+        pending: Pending<Enqueued>,
+        /// Kept for the live push to the owner once the envelope is stored.
+        ciphertext: Bytes,
+        /// Released once the result is written.
+        permit: OwnedSemaphorePermit,
+    },
+}
 
 pub async fn run(
     relay: &Arc<Relay>,
     send: quinn::SendStream,
     mut reader: FrameReader,
 ) -> Result<(), SessionError> {
-    let (outbox, writer) = spawn_writer(send);
     let max = relay.limits.max_inflight_sends;
     let inflight = Arc::new(Semaphore::new(usize::try_from(max).unwrap_or(1024)));
+    // Unbounded, but never longer than the semaphore's permits plus the
+    // refusals of one read: every stored send holds a permit while queued.
+    let (queue, answers) = mpsc::unbounded_channel();
+    let mut answerer = tokio::spawn(answer(relay.clone(), send, answers));
     let mut shutdown = relay.shutdown.clone();
     let result = loop {
         let frame = tokio::select! {
@@ -45,41 +72,129 @@ pub async fn run(
         else {
             break Err(SessionError::WrongFrame(frame.kind()));
         };
-        if let Err(code) = check_len(ciphertext.len()) {
-            relay.metrics.received(code);
-            let _ = outbox.send(Frame::Result { req, code }).await;
-            continue;
-        }
-        let Ok(permit) = inflight.clone().acquire_owned().await else {
-            break Ok(());
-        };
-        let relay = relay.clone();
-        let outbox = outbox.clone();
-        tokio::spawn(async move {
-            let code = match relay
-                .store
-                .enqueue(send_id, token, ciphertext.clone())
-                .await
-            {
-                Ok(done) => {
-                    relay.router.push(Push {
-                        mailbox: done.receive_id,
-                        seq: done.seq,
-                        ciphertext,
-                    });
-                    ResultCode::Ok
+        let queued = match check_len(ciphertext.len()) {
+            Err(code) => Queued::Refused { req, code },
+            Ok(()) => {
+                let Ok(permit) = inflight.clone().acquire_owned().await else {
+                    break Ok(());
+                };
+                Queued::Stored {
+                    req,
+                    pending: relay
+                        .store
+                        .submit_enqueue(send_id, &token, ciphertext.clone()),
+                    ciphertext,
+                    permit,
                 }
-                Err(e) => e.code(),
-            };
-            relay.metrics.received(code);
-            let _ = outbox.send(Frame::Result { req, code }).await;
-            drop(permit);
-        });
+            }
+        };
+        if queue.send(queued).is_err() {
+            // The answering task is gone: the stream failed.
+            break Ok(());
+        }
     };
-    // Every accepted send gets its answer before the stream closes: wait for
-    // the in-flight ones (the store drains its queue even while stopping).
-    let _ = tokio::time::timeout(relay.limits.shutdown_grace, inflight.acquire_many(max)).await;
-    drop(outbox);
-    let _ = writer.await;
+    // Every accepted send gets its answer before the stream closes: the
+    // answering task drains the queue (the store answers even while
+    // stopping), unless that takes longer than the grace period.
+    drop(queue);
+    if tokio::time::timeout(relay.limits.shutdown_grace, &mut answerer)
+        .await
+        .is_err()
+    {
+        answerer.abort();
+    }
     result
+}
+
+/// Writes the results, in order, as many per stream write as are ready.
+async fn answer(
+    relay: Arc<Relay>,
+    mut send: quinn::SendStream,
+    mut queue: mpsc::UnboundedReceiver<Queued>,
+) {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    // A send taken off the queue whose answer had not come yet.
+    let mut held: Option<Queued> = None;
+    loop {
+        let oldest = match held.take() {
+            Some(q) => q,
+            None => match queue.recv().await {
+                Some(q) => q,
+                None => break,
+            },
+        };
+        let frame = match oldest {
+            Queued::Refused { req, code } => result(&relay, req, code),
+            Queued::Stored {
+                req,
+                pending,
+                ciphertext,
+                permit,
+            } => {
+                let frame = stored(&relay, req, pending.wait().await, ciphertext);
+                drop(permit);
+                frame
+            }
+        };
+        push_parts(&mut chunks, &frame);
+        // Everything behind it that is already answered goes in the same write.
+        while let Some(next) = held.take().or_else(|| queue.try_recv().ok()) {
+            match next {
+                Queued::Refused { req, code } => {
+                    push_parts(&mut chunks, &result(&relay, req, code))
+                }
+                Queued::Stored {
+                    req,
+                    pending,
+                    ciphertext,
+                    permit,
+                } => match pending.try_wait() {
+                    Ok(answer) => {
+                        push_parts(&mut chunks, &stored(&relay, req, answer, ciphertext));
+                        drop(permit);
+                    }
+                    Err(pending) => {
+                        held = Some(Queued::Stored {
+                            req,
+                            pending,
+                            ciphertext,
+                            permit,
+                        });
+                        break;
+                    }
+                },
+            }
+        }
+        if send.write_all_chunks(&mut chunks).await.is_err() {
+            return;
+        }
+        chunks.clear();
+    }
+    finish(send).await;
+}
+
+/// The result of a stored send; an OK also goes to the owner if connected.
+fn stored(
+    relay: &Relay,
+    req: u32,
+    answer: Result<Enqueued, chappe_store::RequestError>,
+    ciphertext: Bytes,
+) -> Frame {
+    let code = match answer {
+        Ok(done) => {
+            relay.router.push(Push {
+                mailbox: done.receive_id,
+                seq: done.seq,
+                ciphertext,
+            });
+            ResultCode::Ok
+        }
+        Err(e) => e.code(),
+    };
+    result(relay, req, code)
+}
+
+fn result(relay: &Relay, req: u32, code: ResultCode) -> Frame {
+    relay.metrics.received(code);
+    Frame::Result { req, code }
 }

@@ -134,16 +134,20 @@ pub fn spawn_writer(mut send: SendStream) -> (Outbox, tokio::task::JoinHandle<()
             }
             chunks.clear();
         }
-        // Finish, then wait until the peer has everything (or gave up), so
-        // closing the connection right after cannot drop the last results.
-        if send.finish().is_ok() {
-            let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.stopped()).await;
-        }
+        finish(send).await;
     });
     (Outbox(tx), task)
 }
 
-fn push_parts(chunks: &mut Vec<Bytes>, f: &Frame) {
+/// Finishes the stream, then waits until the peer has everything (or gave
+/// up), so closing the connection right after cannot drop the last frames.
+pub async fn finish(mut send: SendStream) {
+    if send.finish().is_ok() {
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.stopped()).await;
+    }
+}
+
+pub fn push_parts(chunks: &mut Vec<Bytes>, f: &Frame) {
     let (head, tail) = f.encode_parts();
     chunks.push(head);
     if let Some(t) = tail {
