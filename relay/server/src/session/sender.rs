@@ -50,7 +50,10 @@ pub async fn run(
     let inflight = Arc::new(Semaphore::new(usize::try_from(max).unwrap_or(1024)));
     // Unbounded, but never longer than the semaphore's permits plus the
     // refusals of one read: every stored send holds a permit while queued.
-    let (queue, answers) = mpsc::unbounded_channel();
+    // Boxed like the owner's outbox: a tokio channel allocates its first
+    // block of 32 slots up front, and an idle session should pay for 32
+    // pointers, not 32 queued sends.
+    let (queue, answers) = mpsc::unbounded_channel::<Box<Queued>>();
     let mut answerer = tokio::spawn(answer(relay.clone(), send, answers));
     let mut shutdown = relay.shutdown.clone();
     let result = loop {
@@ -88,7 +91,7 @@ pub async fn run(
                 }
             }
         };
-        if queue.send(queued).is_err() {
+        if queue.send(Box::new(queued)).is_err() {
             // The answering task is gone: the stream failed.
             break Ok(());
         }
@@ -110,11 +113,11 @@ pub async fn run(
 async fn answer(
     relay: Arc<Relay>,
     mut send: quinn::SendStream,
-    mut queue: mpsc::UnboundedReceiver<Queued>,
+    mut queue: mpsc::UnboundedReceiver<Box<Queued>>,
 ) {
     let mut chunks: Vec<Bytes> = Vec::new();
     // A send taken off the queue whose answer had not come yet.
-    let mut held: Option<Queued> = None;
+    let mut held: Option<Box<Queued>> = None;
     loop {
         let oldest = match held.take() {
             Some(q) => q,
@@ -123,7 +126,7 @@ async fn answer(
                 None => break,
             },
         };
-        let frame = match oldest {
+        let frame = match *oldest {
             Queued::Refused { req, code } => result(&relay, req, code),
             Queued::Stored {
                 req,
@@ -139,7 +142,7 @@ async fn answer(
         push_parts(&mut chunks, &frame);
         // Everything behind it that is already answered goes in the same write.
         while let Some(next) = held.take().or_else(|| queue.try_recv().ok()) {
-            match next {
+            match *next {
                 Queued::Refused { req, code } => {
                     push_parts(&mut chunks, &result(&relay, req, code))
                 }
@@ -154,12 +157,12 @@ async fn answer(
                         drop(permit);
                     }
                     Err(pending) => {
-                        held = Some(Queued::Stored {
+                        held = Some(Box::new(Queued::Stored {
                             req,
                             pending,
                             ciphertext,
                             permit,
-                        });
+                        }));
                         break;
                     }
                 },
