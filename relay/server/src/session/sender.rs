@@ -141,7 +141,7 @@ async fn answer(
         };
         push_parts(&mut chunks, &frame);
         // Everything behind it that is already answered goes in the same write.
-        while let Some(next) = held.take().or_else(|| queue.try_recv().ok()) {
+        while let Ok(next) = queue.try_recv() {
             match *next {
                 Queued::Refused { req, code } => {
                     push_parts(&mut chunks, &result(&relay, req, code))
