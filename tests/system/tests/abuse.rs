@@ -106,3 +106,55 @@ async fn garbage_and_malformed_frames() {
     owner.ack(mailbox, vec![d.seq]).await.unwrap();
     assert!(relay.metric("chappe_protocol_errors_total{kind=\"bad_frame\"}") >= Some(60.0));
 }
+
+/// A sender that sends refused envelopes and never reads its results: once
+/// its unread results fill the stream and its permits are all held, the
+/// relay stops reading, so QUIC flow control stalls the client's writes.
+/// The relay must not keep reading and queueing results without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_that_never_reads_is_stopped_by_flow_control() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(dir.path());
+    let desc = relay.descriptor();
+    let mut raw = Raw::sender(&desc).await;
+    // 1 byte is no bucket size: answered BadSize without touching the store.
+    let mut batch = Vec::new();
+    for req in 0..1000u32 {
+        let f = Frame::Send {
+            req,
+            send_id: chappe_proto::SendId([7; 32]),
+            token: DeliveryToken([8; 32]),
+            ciphertext: Bytes::from_static(&[0]),
+        };
+        batch.extend_from_slice(&f.encode());
+    }
+    let rss_before = relay.rss_kib();
+    // Far more than the stream windows and the permits can absorb: about
+    // 31 MB of frames, whose results alone would be about 4 MB.
+    let mut stalled = false;
+    for _ in 0..400 {
+        match tokio::time::timeout(Duration::from_secs(3), raw.send.write_all(&batch)).await {
+            Ok(r) => r.unwrap(),
+            Err(_) => {
+                stalled = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        stalled,
+        "the relay kept reading 400,000 sends whose results nobody read"
+    );
+    let rss_after = relay.rss_kib();
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "relay grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    assert!(relay.is_running(), "relay died");
+    // Reading the results lets the session go on: the first one is there.
+    let mut head = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), raw.recv.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+}

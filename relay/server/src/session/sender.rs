@@ -27,16 +27,22 @@ use super::stream::{FrameReader, finish, push_parts};
 use crate::relay::Relay;
 use crate::router::Push;
 
-/// A send whose result is still to be written.
+/// A send whose result is still to be written. Each holds a permit of the
+/// session's semaphore until its result is taken for writing, refusals too:
+/// a client that sends bad lengths and never reads its results must run
+/// out of permits like any other, not grow the queue.
 enum Queued {
     /// Refused before the store (a length that is no bucket size).
-    Refused { req: u32, code: ResultCode },
+    Refused {
+        req: u32,
+        code: ResultCode,
+        permit: OwnedSemaphorePermit,
+    },
     Stored {
         req: u32,
         pending: Pending<Enqueued>,
         /// Kept for the live push to the owner once the envelope is stored.
         ciphertext: Bytes,
-        /// Released once the result is written.
         permit: OwnedSemaphorePermit,
     },
 }
@@ -48,9 +54,8 @@ pub async fn run(
 ) -> Result<(), SessionError> {
     let max = relay.limits.max_inflight_sends;
     let inflight = Arc::new(Semaphore::new(usize::try_from(max).unwrap_or(1024)));
-    // Unbounded, but never longer than the semaphore's permits plus the
-    // refusals of one read: every stored send holds a permit while queued.
-    // Boxed like the owner's outbox: a tokio channel allocates its first
+    // Unbounded, but never longer than the semaphore's permits: every
+    // queued send holds one. Boxed like the owner's outbox: a tokio channel allocates its first
     // block of 32 slots up front, and an idle session should pay for 32
     // pointers, not 32 queued sends.
     let (queue, answers) = mpsc::unbounded_channel::<Box<Queued>>();
@@ -75,21 +80,19 @@ pub async fn run(
         else {
             break Err(SessionError::WrongFrame(frame.kind()));
         };
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            break Ok(());
+        };
         let queued = match check_len(ciphertext.len()) {
-            Err(code) => Queued::Refused { req, code },
-            Ok(()) => {
-                let Ok(permit) = inflight.clone().acquire_owned().await else {
-                    break Ok(());
-                };
-                Queued::Stored {
-                    req,
-                    pending: relay
-                        .store
-                        .submit_enqueue(send_id, &token, ciphertext.clone()),
-                    ciphertext,
-                    permit,
-                }
-            }
+            Err(code) => Queued::Refused { req, code, permit },
+            Ok(()) => Queued::Stored {
+                req,
+                pending: relay
+                    .store
+                    .submit_enqueue(send_id, &token, ciphertext.clone()),
+                ciphertext,
+                permit,
+            },
         };
         if queue.send(Box::new(queued)).is_err() {
             // The answering task is gone: the stream failed.
@@ -127,7 +130,10 @@ async fn answer(
             },
         };
         let frame = match *oldest {
-            Queued::Refused { req, code } => result(&relay, req, code),
+            Queued::Refused { req, code, permit } => {
+                drop(permit);
+                result(&relay, req, code)
+            }
             Queued::Stored {
                 req,
                 pending,
@@ -143,8 +149,9 @@ async fn answer(
         // Everything behind it that is already answered goes in the same write.
         while let Ok(next) = queue.try_recv() {
             match *next {
-                Queued::Refused { req, code } => {
-                    push_parts(&mut chunks, &result(&relay, req, code))
+                Queued::Refused { req, code, permit } => {
+                    push_parts(&mut chunks, &result(&relay, req, code));
+                    drop(permit);
                 }
                 Queued::Stored {
                     req,
