@@ -27,24 +27,69 @@ use super::stream::{FrameReader, finish, push_parts};
 use crate::relay::Relay;
 use crate::router::Push;
 
-/// A send whose result is still to be written. Each holds a permit of the
+/// A send whose result is still to be written. It holds a permit of the
 /// session's semaphore until its result is taken for writing, refusals too:
 /// a client that sends bad lengths and never reads its results must run
 /// out of permits like any other, not grow the queue.
-enum Queued {
+struct Queued {
+    req: u32,
+    outcome: Outcome,
+    permit: OwnedSemaphorePermit,
+}
+
+enum Outcome {
     /// Refused before the store (a length that is no bucket size).
-    Refused {
-        req: u32,
-        code: ResultCode,
-        permit: OwnedSemaphorePermit,
-    },
+    Refused(ResultCode),
     Stored {
-        req: u32,
         pending: Pending<Enqueued>,
         /// Kept for the live push to the owner once the envelope is stored.
         ciphertext: Bytes,
-        permit: OwnedSemaphorePermit,
     },
+}
+
+impl Queued {
+    /// The result frame, once the store has answered; the permit goes with
+    /// `self`.
+    async fn wait(self, relay: &Relay) -> Frame {
+        let code = match self.outcome {
+            Outcome::Refused(code) => code,
+            Outcome::Stored {
+                pending,
+                ciphertext,
+            } => stored(relay, pending.wait().await, ciphertext),
+        };
+        result(relay, self.req, code)
+    }
+
+    /// The result frame if the answer is already here; otherwise the send
+    /// back, still queued.
+    fn try_frame(self, relay: &Relay) -> Result<Frame, Self> {
+        let Queued {
+            req,
+            outcome,
+            permit,
+        } = self;
+        let code = match outcome {
+            Outcome::Refused(code) => code,
+            Outcome::Stored {
+                pending,
+                ciphertext,
+            } => match pending.try_wait() {
+                Ok(answer) => stored(relay, answer, ciphertext),
+                Err(pending) => {
+                    return Err(Queued {
+                        req,
+                        outcome: Outcome::Stored {
+                            pending,
+                            ciphertext,
+                        },
+                        permit,
+                    });
+                }
+            },
+        };
+        Ok(result(relay, req, code))
+    }
 }
 
 pub async fn run(
@@ -55,9 +100,9 @@ pub async fn run(
     let max = relay.limits.max_inflight_sends;
     let inflight = Arc::new(Semaphore::new(usize::try_from(max).unwrap_or(1024)));
     // Unbounded, but never longer than the semaphore's permits: every
-    // queued send holds one. Boxed like the owner's outbox: a tokio channel allocates its first
-    // block of 32 slots up front, and an idle session should pay for 32
-    // pointers, not 32 queued sends.
+    // queued send holds one. Boxed like the owner's outbox: a tokio channel
+    // allocates its first block of 32 slots up front, and an idle session
+    // should pay for 32 pointers, not 32 queued sends.
     let (queue, answers) = mpsc::unbounded_channel::<Box<Queued>>();
     let mut answerer = tokio::spawn(answer(relay.clone(), send, answers));
     let mut shutdown = relay.shutdown.clone();
@@ -83,16 +128,19 @@ pub async fn run(
         let Ok(permit) = inflight.clone().acquire_owned().await else {
             break Ok(());
         };
-        let queued = match check_len(ciphertext.len()) {
-            Err(code) => Queued::Refused { req, code, permit },
-            Ok(()) => Queued::Stored {
-                req,
+        let outcome = match check_len(ciphertext.len()) {
+            Err(code) => Outcome::Refused(code),
+            Ok(()) => Outcome::Stored {
                 pending: relay
                     .store
                     .submit_enqueue(send_id, &token, ciphertext.clone()),
                 ciphertext,
-                permit,
             },
+        };
+        let queued = Queued {
+            req,
+            outcome,
+            permit,
         };
         if queue.send(Box::new(queued)).is_err() {
             // The answering task is gone: the stream failed.
@@ -129,50 +177,15 @@ async fn answer(
                 None => break,
             },
         };
-        let frame = match *oldest {
-            Queued::Refused { req, code, permit } => {
-                drop(permit);
-                result(&relay, req, code)
-            }
-            Queued::Stored {
-                req,
-                pending,
-                ciphertext,
-                permit,
-            } => {
-                let frame = stored(&relay, req, pending.wait().await, ciphertext);
-                drop(permit);
-                frame
-            }
-        };
-        push_parts(&mut chunks, &frame);
+        push_parts(&mut chunks, &oldest.wait(&relay).await);
         // Everything behind it that is already answered goes in the same write.
         while let Ok(next) = queue.try_recv() {
-            match *next {
-                Queued::Refused { req, code, permit } => {
-                    push_parts(&mut chunks, &result(&relay, req, code));
-                    drop(permit);
+            match next.try_frame(&relay) {
+                Ok(frame) => push_parts(&mut chunks, &frame),
+                Err(next) => {
+                    held = Some(Box::new(next));
+                    break;
                 }
-                Queued::Stored {
-                    req,
-                    pending,
-                    ciphertext,
-                    permit,
-                } => match pending.try_wait() {
-                    Ok(answer) => {
-                        push_parts(&mut chunks, &stored(&relay, req, answer, ciphertext));
-                        drop(permit);
-                    }
-                    Err(pending) => {
-                        held = Some(Box::new(Queued::Stored {
-                            req,
-                            pending,
-                            ciphertext,
-                            permit,
-                        }));
-                        break;
-                    }
-                },
             }
         }
         if send.write_all_chunks(&mut chunks).await.is_err() {
@@ -183,14 +196,13 @@ async fn answer(
     finish(send).await;
 }
 
-/// The result of a stored send; an OK also goes to the owner if connected.
+/// The code for a stored send; an OK also goes to the owner if connected.
 fn stored(
     relay: &Relay,
-    req: u32,
     answer: Result<Enqueued, chappe_store::RequestError>,
     ciphertext: Bytes,
-) -> Frame {
-    let code = match answer {
+) -> ResultCode {
+    match answer {
         Ok(done) => {
             relay.router.push(Push {
                 mailbox: done.receive_id,
@@ -200,8 +212,7 @@ fn stored(
             ResultCode::Ok
         }
         Err(e) => e.code(),
-    };
-    result(relay, req, code)
+    }
 }
 
 fn result(relay: &Relay, req: u32, code: ResultCode) -> Frame {
