@@ -458,18 +458,25 @@ impl Counter {
         }
     }
 
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn latency(&self) -> Percentiles {
+        self.hist
+            .lock()
+            .map(|h| Percentiles::of(&h))
+            .unwrap_or_default()
+    }
+
     fn rate(&self, concurrency: usize, seconds: f64, server: ServerUsage) -> Rate {
-        let count = self.count.load(Ordering::Relaxed);
+        let count = self.count();
         Rate {
             concurrency,
             seconds,
             count,
             per_sec: count as f64 / seconds,
-            latency: self
-                .hist
-                .lock()
-                .map(|h| Percentiles::of(&h))
-                .unwrap_or_default(),
+            latency: self.latency(),
             server,
         }
     }
@@ -515,9 +522,9 @@ async fn forward(
     duration: Duration,
 ) -> anyhow::Result<Forward> {
     let size = a.fwd_size.max(8);
-    let delivered = Arc::new(AtomicU64::new(0));
+    // Counted, with the latency from send to receipt, by the receiver.
+    let delivered = Counter::new()?;
     let oks = Arc::new(AtomicU64::new(0));
-    let hist = Arc::new(std::sync::Mutex::new(histogram()?));
     let epoch = Instant::now();
     let receiver = if a.fwd_no_receiver {
         None
@@ -528,7 +535,7 @@ async fn forward(
         // The stream reaches the server with its first bytes; give it a
         // moment to register before any sender starts.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let (delivered, hist) = (delivered.clone(), hist.clone());
+        let delivered = delivered.clone();
         let task = tokio::spawn(async move {
             let mut unacked = 0u32;
             while let Some(m) = read_msg(&mut rr).await? {
@@ -539,10 +546,7 @@ async fn forward(
                     .map(u64::from_be_bytes)
                     .unwrap_or(0);
                 let now = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
-                if let Ok(mut h) = hist.lock() {
-                    record(&mut h, Duration::from_micros(now.saturating_sub(sent)));
-                }
-                delivered.fetch_add(1, Ordering::Relaxed);
+                delivered.hit(Duration::from_micros(now.saturating_sub(sent)));
                 unacked += 1;
                 if unacked == 32 {
                     rs.write_all(&[0u8; 8]).await?;
@@ -555,7 +559,6 @@ async fn forward(
     };
     let s0 = proc_sample(pid);
     let t0 = Instant::now();
-    let d0 = delivered.load(Ordering::Relaxed);
     let deadline = t0 + duration;
     let mut senders = Vec::new();
     for _ in 0..a.fwd_senders.max(1) {
@@ -594,14 +597,13 @@ async fn forward(
         t.await??;
     }
     let seconds = t0.elapsed().as_secs_f64();
-    let count = delivered.load(Ordering::Relaxed).saturating_sub(d0);
+    let count = delivered.count();
     let ok_count = oks.load(Ordering::Relaxed);
     let s1 = proc_sample(pid);
     if let Some((rconn, task)) = receiver {
         rconn.close(0u32.into(), b"done");
         task.abort();
     }
-    let latency = hist.lock().map(|h| Percentiles::of(&h)).unwrap_or_default();
     Ok(Forward {
         senders: a.fwd_senders.max(1),
         window: a.fwd_window.max(1),
@@ -613,7 +615,7 @@ async fn forward(
         mb_per_sec: count as f64 * size as f64 / seconds / 1e6,
         oks: ok_count,
         oks_per_sec: ok_count as f64 / seconds,
-        latency,
+        latency: delivered.latency(),
         server: ServerUsage::between(s0, s1),
     })
 }
