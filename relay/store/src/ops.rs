@@ -20,12 +20,14 @@ use crate::config::StoreConfig;
 use crate::disk::DiskGauge;
 use crate::error::{RequestError, StoreError};
 use crate::records::{
-    ENVELOPE_HEADER, MailboxRecord, TokenList, read_envelope, stored_len, write_envelope,
+    ENVELOPE_HEADER, MailboxRecord, TokenList, byte_len, may_have_parts, read_envelope,
+    split_ciphertext, stored_len, write_envelope,
 };
 use crate::request::{Answer, Enqueued, MailboxInfo, Op};
 use crate::schema::{
-    self, ENVELOPES, EXPIRY, MAILBOXES, META, OWNER_INDEX, SEND_INDEX, Totals, envelope_key,
-    expiry_key, owner_key, owner_range, split_envelope_key, split_expiry_key,
+    self, ENVELOPE_PARTS, ENVELOPES, EXPIRY, MAILBOXES, META, OWNER_INDEX, SEND_INDEX, Totals,
+    envelope_key, expiry_key, owner_key, owner_range, part_key, part_range, split_envelope_key,
+    split_expiry_key,
 };
 
 /// The sequence number of a mailbox's first envelope; 0 stays free to mean
@@ -89,6 +91,7 @@ pub(crate) struct Tx<'t> {
     sends: Tbl<'t, &'static [u8; 32], &'static [u8; 32]>,
     owners: Tbl<'t, &'static [u8; 64], ()>,
     envelopes: Tbl<'t, &'static [u8; 40], &'static [u8]>,
+    parts: Tbl<'t, &'static [u8; 41], &'static [u8]>,
     expiry: Tbl<'t, &'static [u8; 44], ()>,
     meta: Tbl<'t, &'static str, &'static [u8]>,
     totals: Totals,
@@ -103,6 +106,7 @@ impl<'t> Tx<'t> {
             sends: txn.open_table(SEND_INDEX)?,
             owners: txn.open_table(OWNER_INDEX)?,
             envelopes: txn.open_table(ENVELOPES)?,
+            parts: txn.open_table(ENVELOPE_PARTS)?,
             expiry: txn.open_table(EXPIRY)?,
             meta: txn.open_table(META)?,
             totals,
@@ -234,6 +238,11 @@ impl<'t> Tx<'t> {
         for row in &rows {
             self.expiry.remove(row)?;
         }
+        let (lo, hi) = part_range(id, 0, u64::MAX);
+        self.parts.retain_in::<&[u8; 41], _>(&lo..=&hi, |_, v| {
+            bytes = bytes.saturating_add(byte_len(v));
+            false
+        })?;
         self.sends.remove(&rec.send_id.0)?;
         self.owners.remove(&owner_key(owner, id))?;
         self.mailboxes.remove(&id.0)?;
@@ -275,7 +284,7 @@ impl<'t> Tx<'t> {
         if !digest.ct_in(rec.tokens.as_slice()) {
             return Err(RequestError::BadToken.into());
         }
-        let len = u64::try_from(ciphertext.len()).unwrap_or(u64::MAX);
+        let len = byte_len(ciphertext);
         if ctx.relay_full(self.totals.bytes, len) {
             return Err(RequestError::RelayFull.into());
         }
@@ -290,17 +299,21 @@ impl<'t> Tx<'t> {
             return Err(StoreError::corrupt("mailboxes", "counter at its maximum").into());
         };
         let expiry = expiry_hour(ctx.now_secs, ctx.cfg.envelope_ttl);
+        let (first, rest) = split_ciphertext(ciphertext);
         {
             let key = envelope_key(&id, seq);
             let mut slot = self
                 .envelopes
-                .insert_reserve(&key, ENVELOPE_HEADER + ciphertext.len())?;
-            if !write_envelope(slot.as_mut(), expiry, ciphertext) {
+                .insert_reserve(&key, ENVELOPE_HEADER + first.len())?;
+            if !write_envelope(slot.as_mut(), expiry, first) {
                 // The slot is already in the tree: the batch must not commit.
                 return Err(Fail::Abort(StoreError::Invariant(
                     "reserved envelope slot has the wrong size",
                 )));
             }
+        }
+        for (n, part) in (1..=u8::MAX).zip(rest) {
+            self.parts.insert(&part_key(&id, seq, n), part)?;
         }
         self.expiry.insert(&expiry_key(expiry, &id, seq), ())?;
         rec.next_seq = next_seq;
@@ -319,14 +332,8 @@ impl<'t> Tx<'t> {
         let mut rec = self.owned(owner, id)?;
         let mut changed = false;
         for &seq in seqs {
-            let removed = self.envelopes.remove(&envelope_key(id, seq))?.map(|v| {
-                (
-                    read_envelope(v.value()).ok().map(|e| e.0),
-                    stored_len(v.value()),
-                )
-            });
             // Already acked, expired or never stored: acks are idempotent.
-            let Some((expiry, len)) = removed else {
+            let Some((expiry, len)) = self.remove_envelope(id, seq)? else {
                 continue;
             };
             if let Some(expiry) = expiry {
@@ -342,6 +349,35 @@ impl<'t> Tx<'t> {
             self.put(id, &rec)?;
         }
         Ok(())
+    }
+
+    /// Removes one envelope and its parts, but not its expiry row; returns
+    /// its expiry hour (unless its value is damaged) and ciphertext length.
+    fn remove_envelope(
+        &mut self,
+        id: &ReceiveId,
+        seq: u64,
+    ) -> Result<Option<(Option<u32>, u64)>, StoreError> {
+        let Some((expiry, mut len, parts)) =
+            self.envelopes.remove(&envelope_key(id, seq))?.map(|v| {
+                let v = v.value();
+                (
+                    read_envelope(v).ok().map(|e| e.0),
+                    stored_len(v),
+                    may_have_parts(v),
+                )
+            })
+        else {
+            return Ok(None);
+        };
+        if parts {
+            let (lo, hi) = part_range(id, seq, seq);
+            self.parts.retain_in::<&[u8; 41], _>(&lo..=&hi, |_, v| {
+                len = len.saturating_add(byte_len(v));
+                false
+            })?;
+        }
+        Ok(Some((expiry, len)))
     }
 
     /// Deletes up to `limit` envelopes whose expiry hour is `now_hour` or
@@ -375,8 +411,7 @@ impl<'t> Tx<'t> {
             if !expired {
                 continue;
             }
-            if let Some(v) = self.envelopes.remove(&key)? {
-                let len = stored_len(v.value());
+            if let Some((_, len)) = self.remove_envelope(&id, seq)? {
                 let e = per_box.entry(id).or_default();
                 e.0 = e.0.saturating_add(1);
                 e.1 = e.1.saturating_add(len);

@@ -6,18 +6,19 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use chappe_proto::{OwnerKey, ReceiveId};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use crate::clock::is_expired;
 use crate::error::{RequestError, StoreError};
 use crate::ops::Fail;
-use crate::records::{MailboxRecord, read_envelope, stored_len};
+use crate::records::{MailboxRecord, byte_len, may_have_parts, read_envelope, stored_len};
 use crate::request::{MailboxInfo, StoredEnvelope};
 use crate::schema::{
-    self, ENVELOPES, EXPIRY, MAILBOXES, META, OWNER_INDEX, SEND_INDEX, Totals, envelope_key,
-    expiry_key, owner_key, owner_key_mailbox, owner_range, split_envelope_key,
+    self, ENVELOPE_PARTS, ENVELOPES, EXPIRY, MAILBOXES, META, OWNER_INDEX, SEND_INDEX, Totals,
+    envelope_key, expiry_key, owner_key, owner_key_mailbox, owner_range, part_range,
+    split_envelope_key, split_part_key,
 };
 
 pub(crate) struct FetchArgs {
@@ -47,6 +48,7 @@ fn fetch_inner(db: &Database, a: &FetchArgs) -> Result<Vec<StoredEnvelope>, Fail
         return Err(RequestError::UnknownMailbox.into());
     }
     let envelopes = txn.open_table(ENVELOPES).map_err(StoreError::from)?;
+    let parts = txn.open_table(ENVELOPE_PARTS).map_err(StoreError::from)?;
     let mut out = Vec::new();
     let mut bytes = 0usize;
     if a.max_count == 0 {
@@ -59,7 +61,10 @@ fn fetch_inner(db: &Database, a: &FetchArgs) -> Result<Vec<StoredEnvelope>, Fail
     for row in envelopes.range::<&[u8; 40]>(&lo..=&hi)? {
         let (k, v) = row?;
         let seq = split_envelope_key(k.value()).1;
-        let (expiry, ct) = match read_envelope(v.value()) {
+        let whole = read_envelope(v.value()).and_then(|(expiry, first)| {
+            Ok((expiry, join_parts(&parts, &a.id, seq, v.value(), first)?))
+        });
+        let (expiry, ct) = match whole {
             Ok(e) => e,
             Err(e) => {
                 // Skipped rather than failing the fetch, so one damaged
@@ -78,13 +83,37 @@ fn fetch_inner(db: &Database, a: &FetchArgs) -> Result<Vec<StoredEnvelope>, Fail
         bytes = bytes.saturating_add(ct.len());
         out.push(StoredEnvelope {
             seq,
-            ciphertext: Bytes::copy_from_slice(ct),
+            ciphertext: ct,
         });
         if out.len() >= a.max_count {
             break;
         }
     }
     Ok(out)
+}
+
+/// An envelope's whole ciphertext: `first`, the ciphertext in its
+/// `envelopes` value, followed by its parts, if it may have any.
+fn join_parts(
+    parts: &impl ReadableTable<&'static [u8; 41], &'static [u8]>,
+    id: &ReceiveId,
+    seq: u64,
+    value: &[u8],
+    first: &[u8],
+) -> Result<Bytes, StoreError> {
+    if !may_have_parts(value) {
+        return Ok(Bytes::copy_from_slice(first));
+    }
+    let mut whole = BytesMut::from(first);
+    let (lo, hi) = part_range(id, seq, seq);
+    for (want, row) in (1..=u8::MAX).zip(parts.range::<&[u8; 41]>(&lo..=&hi)?) {
+        let (k, v) = row?;
+        if split_part_key(k.value()).2 != want {
+            return Err(StoreError::corrupt("envelope_parts", "a part is missing"));
+        }
+        whole.extend_from_slice(v.value());
+    }
+    Ok(whole.freeze())
 }
 
 pub(crate) fn list(db: &Database, owner: &OwnerKey) -> Result<Vec<MailboxInfo>, StoreError> {
@@ -159,6 +188,7 @@ pub(crate) fn check(db: &Database) -> Result<CheckReport, StoreError> {
     let sends = txn.open_table(SEND_INDEX)?;
     let owners = txn.open_table(OWNER_INDEX)?;
     let envelopes = txn.open_table(ENVELOPES)?;
+    let parts = txn.open_table(ENVELOPE_PARTS)?;
     let expiry = txn.open_table(EXPIRY)?;
     let mut p = Problems {
         list: Vec::new(),
@@ -207,6 +237,32 @@ pub(crate) fn check(db: &Database) -> Result<CheckReport, StoreError> {
                 }
             }
             Err(e) => p.add(format!("envelope {id:?}/{seq}: {e}")),
+        }
+    }
+    let mut last: Option<(ReceiveId, u64, u8)> = None;
+    for row in parts.iter()? {
+        let (k, v) = row?;
+        let (id, seq, n) = split_part_key(k.value());
+        let want = match last {
+            Some((i, s, m)) if i == id && s == seq => m.saturating_add(1),
+            _ => 1,
+        };
+        if n != want {
+            p.add(format!(
+                "envelope {id:?}/{seq}: part {n} where part {want} should be"
+            ));
+        }
+        last = Some((id, seq, n));
+        let len = byte_len(v.value());
+        counted.bytes = counted.bytes.saturating_add(len);
+        let first = envelopes.get(&envelope_key(&id, seq))?;
+        if !first.is_some_and(|f| may_have_parts(f.value())) {
+            p.add(format!(
+                "envelope {id:?}/{seq}: part {n} without a full first part"
+            ));
+        }
+        if let Some((_, found)) = boxes.get_mut(&id) {
+            found.1 = found.1.saturating_add(len);
         }
     }
     for (id, (recorded, found)) in &boxes {

@@ -10,10 +10,12 @@
 //! | `mailboxes`  | receive id [32]                                  | mailbox record   |
 //! | `send_index` | send id [32]                                     | receive id [32]  |
 //! | `owner_index`| owner key [32] ‖ receive id [32]                 | `()`             |
-//! | `envelopes`  | receive id [32] ‖ seq u64                        | expiry u32 ‖ ciphertext |
+//! | `envelopes`  | receive id [32] ‖ seq u64                        | expiry u32 ‖ ciphertext (its first part) |
+//! | `envelope_parts` | receive id [32] ‖ seq u64 ‖ part u8 (from 1) | the next part of the ciphertext |
 //! | `expiry`     | expiry hour u32 ‖ receive id [32] ‖ seq u64      | `()`             |
 //!
-//! Value layouts are in [`crate::records`]. `meta` holds `schema_version`
+//! Value layouts are in [`crate::records`], which also says when an envelope
+//! is split into parts and why. `meta` holds `schema_version`
 //! and the running totals `envelopes`, `bytes` (ciphertext only) and
 //! `mailboxes`, which every batch updates in its own transaction: opening a
 //! store reads three numbers instead of counting a million envelopes.
@@ -34,7 +36,15 @@ use crate::error::StoreError;
 use crate::records::read_u64;
 
 /// Bumped on any change to a table definition or value layout.
-pub(crate) const SCHEMA_VERSION: u64 = 1;
+pub(crate) const SCHEMA_VERSION: u64 = 2;
+
+/// Versions this build opens and upgrades in place. Version 1 had no
+/// `envelope_parts` table and kept every envelope whole in `envelopes`;
+/// such an envelope still reads correctly under version 2 (see
+/// [`crate::records::FIRST_PART`]), so the upgrade only creates the table
+/// and writes the new version. The reverse is refused: a version 1 build
+/// would read split envelopes cut short.
+const UPGRADES_FROM: &[u64] = &[1];
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const MAILBOXES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("mailboxes");
@@ -42,6 +52,8 @@ pub(crate) const SEND_INDEX: TableDefinition<&[u8; 32], &[u8; 32]> =
     TableDefinition::new("send_index");
 pub(crate) const OWNER_INDEX: TableDefinition<&[u8; 64], ()> = TableDefinition::new("owner_index");
 pub(crate) const ENVELOPES: TableDefinition<&[u8; 40], &[u8]> = TableDefinition::new("envelopes");
+pub(crate) const ENVELOPE_PARTS: TableDefinition<&[u8; 41], &[u8]> =
+    TableDefinition::new("envelope_parts");
 pub(crate) const EXPIRY: TableDefinition<&[u8; 44], ()> = TableDefinition::new("expiry");
 
 pub(crate) const META_VERSION: &str = "schema_version";
@@ -97,6 +109,7 @@ pub(crate) fn open(path: &Path, quick_repair: bool) -> Result<(Database, Totals)
         .list_tables()?
         .filter(|t| t.name() != META.name())
         .count();
+    let mut upgraded = false;
     let totals = {
         let mut meta = txn.open_table(META)?;
         let found = match meta.get(META_VERSION)? {
@@ -105,6 +118,15 @@ pub(crate) fn open(path: &Path, quick_repair: bool) -> Result<(Database, Totals)
         };
         match found {
             Some(SCHEMA_VERSION) => {}
+            Some(old) if UPGRADES_FROM.contains(&old) => {
+                tracing::info!(
+                    from = old,
+                    to = SCHEMA_VERSION,
+                    "upgrading the store's schema in place"
+                );
+                meta.insert(META_VERSION, SCHEMA_VERSION.to_be_bytes().as_slice())?;
+                upgraded = true;
+            }
             Some(found) => {
                 return Err(StoreError::SchemaMismatch {
                     path: path.to_owned(),
@@ -124,7 +146,7 @@ pub(crate) fn open(path: &Path, quick_repair: bool) -> Result<(Database, Totals)
         }
         read_totals(&meta)?
     };
-    if others == TABLES {
+    if others == TABLES && !upgraded {
         // Nothing to create. Committing anyway would replace the commit the
         // last clean shutdown left, which holds redb's allocator state, with
         // one that does not: a crash before the first real write would then
@@ -138,7 +160,7 @@ pub(crate) fn open(path: &Path, quick_repair: bool) -> Result<(Database, Totals)
 }
 
 /// Tables besides `meta` that [`open_all`] creates.
-const TABLES: usize = 5;
+const TABLES: usize = 6;
 
 /// redb calls this while it repairs a file that was not closed cleanly (the
 /// relay was killed or the machine lost power). The repair reads the whole
@@ -157,6 +179,7 @@ fn open_all(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(SEND_INDEX)?;
     txn.open_table(OWNER_INDEX)?;
     txn.open_table(ENVELOPES)?;
+    txn.open_table(ENVELOPE_PARTS)?;
     txn.open_table(EXPIRY)?;
     Ok(())
 }
@@ -181,6 +204,21 @@ pub(crate) fn split_envelope_key(k: &[u8; 40]) -> (ReceiveId, u64) {
         ReceiveId(id),
         u64::from_be_bytes([s0, s1, s2, s3, s4, s5, s6, s7]),
     )
+}
+
+pub(crate) fn part_key(id: &ReceiveId, seq: u64, part: u8) -> [u8; 41] {
+    key(&[&id.0, &seq.to_be_bytes(), &[part]])
+}
+
+/// Every part key of envelopes `from..=to` of one mailbox.
+pub(crate) fn part_range(id: &ReceiveId, from: u64, to: u64) -> ([u8; 41], [u8; 41]) {
+    (part_key(id, from, 0), part_key(id, to, u8::MAX))
+}
+
+pub(crate) fn split_part_key(k: &[u8; 41]) -> (ReceiveId, u64, u8) {
+    let [env @ .., part] = *k;
+    let (id, seq) = split_envelope_key(&env);
+    (id, seq, part)
 }
 
 pub(crate) fn expiry_key(hour: u32, id: &ReceiveId, seq: u64) -> [u8; 44] {
@@ -227,5 +265,9 @@ mod tests {
         assert_eq!(owner_key_mailbox(&owner_key(&owner, &id)), id);
         assert!(envelope_key(&id, 1) < envelope_key(&id, 256));
         assert!(expiry_key(1, &ReceiveId([9; 32]), 9) < expiry_key(2, &id, 0));
+        assert_eq!(split_part_key(&part_key(&id, 9, 2)), (id, 9, 2));
+        let (lo, hi) = part_range(&id, 9, 9);
+        assert!(lo < part_key(&id, 9, 1) && part_key(&id, 9, 2) <= hi);
+        assert!(hi < part_key(&id, 10, 0) && part_key(&id, 8, u8::MAX) < lo);
     }
 }

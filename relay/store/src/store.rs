@@ -331,6 +331,12 @@ impl Store {
         gate
     }
 
+    /// Tests: the database, to look at tables no method reports on.
+    #[cfg(test)]
+    pub(crate) fn db(&self) -> &Database {
+        &self.inner.db
+    }
+
     #[cfg(test)]
     pub(crate) fn is_closing(&self) -> bool {
         self.inner.closing.load(Ordering::Acquire)

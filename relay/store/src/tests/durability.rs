@@ -7,7 +7,7 @@ use tempfile::TempDir;
 
 use super::{Fixture, T0, config, ct, mailbox};
 use crate::clock::Clock;
-use crate::schema::{MAILBOXES, META, META_VERSION};
+use crate::schema::{ENVELOPE_PARTS, ENVELOPES, MAILBOXES, META, META_VERSION, SCHEMA_VERSION};
 use crate::{Store, StoreError};
 
 fn reopen(dir: &TempDir) -> Result<Store, StoreError> {
@@ -113,7 +113,7 @@ async fn schema_version_is_checked() {
         Err(
             e @ StoreError::SchemaMismatch {
                 found: 99,
-                expected: 1,
+                expected: SCHEMA_VERSION,
                 ..
             },
         ) => {
@@ -121,6 +121,68 @@ async fn schema_version_is_checked() {
         }
         other => panic!("expected a schema mismatch, got {:?}", other.err()),
     }
+}
+
+/// A version 1 store kept every envelope whole and had no parts table.
+/// Such a file (made here by undoing what version 2 wrote) opens, is
+/// upgraded in place, and reads back whole.
+#[tokio::test]
+async fn version_1_store_is_upgraded_in_place() {
+    use chappe_proto::envelope::MAX_CIPHERTEXT;
+    use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+    let Fixture { dir, store, .. } = Fixture::new(|_| {});
+    let m = mailbox(&store, OwnerKey::random()).await;
+    let big: bytes::Bytes = (0..MAX_CIPHERTEXT).map(|i| (i % 251) as u8).collect();
+    for body in [big.clone(), ct(1024)] {
+        store.enqueue(m.info.send_id, m.token, body).await.unwrap();
+    }
+    drop(store);
+    {
+        let db = Database::create(dir.path().join("store.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut envelopes = txn.open_table(ENVELOPES).unwrap();
+            let key = crate::schema::envelope_key(&m.info.receive_id, 1);
+            let mut whole = envelopes.get(&key).unwrap().unwrap().value()[..4].to_vec();
+            whole.extend_from_slice(&big);
+            envelopes.insert(&key, whole.as_slice()).unwrap();
+        }
+        assert!(txn.delete_table(ENVELOPE_PARTS).unwrap());
+        txn.open_table(META)
+            .unwrap()
+            .insert(META_VERSION, 1u64.to_be_bytes().as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = reopen(&dir).unwrap();
+    let got = store
+        .fetch(m.owner, m.info.receive_id, 0, 10, usize::MAX)
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].ciphertext, big);
+    let report = store.check().unwrap();
+    assert!(report.is_consistent(), "{report:#?}");
+    {
+        let txn = store.db().begin_read().unwrap();
+        let version = txn
+            .open_table(META)
+            .unwrap()
+            .get(META_VERSION)
+            .unwrap()
+            .unwrap()
+            .value()
+            .to_vec();
+        assert_eq!(version, SCHEMA_VERSION.to_be_bytes());
+        assert_eq!(txn.open_table(ENVELOPE_PARTS).unwrap().len().unwrap(), 0);
+    }
+    // The whole envelope is acked like any other.
+    store
+        .ack(m.owner, m.info.receive_id, vec![1])
+        .await
+        .unwrap();
+    assert_eq!(store.stats().bytes, 1024);
+    assert!(store.check().unwrap().is_consistent());
 }
 
 #[test]

@@ -279,3 +279,86 @@ async fn relay_full_by_disk_watermark() {
         .await
         .unwrap();
 }
+
+/// A 64 KiB envelope is kept as a first part and two more (see
+/// `records::FIRST_PART`); every path that reads or deletes envelopes must
+/// see it whole.
+#[tokio::test]
+async fn large_envelopes_are_split_and_read_back_whole() {
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+
+    use crate::schema::ENVELOPE_PARTS;
+
+    let f = Fixture::new(|_| {});
+    let m = mailbox(&f.store, OwnerKey::random()).await;
+    let (owner, id) = (m.owner, m.info.receive_id);
+    // Distinct bytes everywhere, so a part read out of place shows.
+    let body = |i: usize, len: usize| -> Bytes {
+        (0..len).map(|j| ((j * 7 + i * 13) % 251) as u8).collect()
+    };
+    let sent: Vec<Bytes> = [MAX_CIPHERTEXT, 16 * 1024, MAX_CIPHERTEXT, MAX_CIPHERTEXT]
+        .into_iter()
+        .enumerate()
+        .map(|(i, len)| body(i, len))
+        .collect();
+    for b in &sent {
+        f.store
+            .enqueue(m.info.send_id, m.token, b.clone())
+            .await
+            .unwrap();
+    }
+    let parts = || {
+        let txn = f.store.db().begin_read().unwrap();
+        txn.open_table(ENVELOPE_PARTS).unwrap().len().unwrap()
+    };
+    assert_eq!(parts(), 3 * 2);
+    let all = f.store.fetch(owner, id, 0, 100, usize::MAX).unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.ciphertext.clone()).collect::<Vec<_>>(),
+        sent
+    );
+    // The byte budget counts whole envelopes.
+    let tight = f
+        .store
+        .fetch(owner, id, 0, 100, MAX_CIPHERTEXT + 16 * 1024)
+        .unwrap();
+    assert_eq!(tight.len(), 2);
+    f.assert_consistent();
+
+    f.store.ack(owner, id, vec![1]).await.unwrap();
+    assert_eq!(parts(), 2 * 2);
+    let s = f.store.stats();
+    assert_eq!(
+        (s.envelopes, s.bytes),
+        (3, 2 * MAX_CIPHERTEXT as u64 + 16 * 1024)
+    );
+    f.assert_consistent();
+
+    f.store.delete_mailbox(owner, id).await.unwrap();
+    assert_eq!(parts(), 0);
+    f.assert_consistent();
+}
+
+/// What split envelopes are for: a 64 KiB envelope must not take a 128 KiB
+/// run of pages (it took 200 to 258 KB of file each before they were split).
+#[tokio::test]
+async fn large_envelopes_do_not_double_the_file() {
+    let f = Fixture::new(|_| {});
+    let m = mailbox(&f.store, OwnerKey::random()).await;
+    let n = 200u64;
+    for _ in 0..n {
+        f.store
+            .enqueue(m.info.send_id, m.token, ct(MAX_CIPHERTEXT))
+            .await
+            .unwrap();
+    }
+    let file = std::fs::metadata(f.dir.path().join("store.redb"))
+        .unwrap()
+        .len();
+    let stored = n * MAX_CIPHERTEXT as u64;
+    assert!(
+        file < stored * 3 / 2,
+        "{file} bytes of file for {stored} bytes of ciphertext"
+    );
+    f.assert_consistent();
+}

@@ -34,7 +34,7 @@ enum Step {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         1 => (0..2usize).prop_map(|owner| Step::Create { owner }),
-        5 => (0..4usize, 0..3usize, prop::bool::weighted(0.9))
+        5 => (0..4usize, 0..BUCKETS.len(), prop::bool::weighted(0.9))
             .prop_map(|(mb, bucket, good_token)| Step::Enqueue { mb, bucket, good_token }),
         2 => (0..4usize, prop::collection::vec(0..12u64, 0..5))
             .prop_map(|(mb, seqs)| Step::Ack { mb, seqs }),
