@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
+use chappe_proto::envelope::MAX_CIPHERTEXT;
 use chappe_proto::{OwnerKey, ReceiveId};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
@@ -104,7 +105,8 @@ fn join_parts(
     if !may_have_parts(value) {
         return Ok(Bytes::copy_from_slice(first));
     }
-    let mut whole = BytesMut::from(first);
+    let mut whole = BytesMut::with_capacity(MAX_CIPHERTEXT);
+    whole.extend_from_slice(first);
     let (lo, hi) = part_range(id, seq, seq);
     for (want, row) in (1..=u8::MAX).zip(parts.range::<&[u8; 41]>(&lo..=&hi)?) {
         let (k, v) = row?;
