@@ -42,8 +42,9 @@ use crate::error::StoreError;
 pub(crate) const ENVELOPE_HEADER: usize = 4;
 
 /// A redb leaf page holding one entry: a 4-byte page header, the value's
-/// 4-byte end offset (keys are fixed-width and carry none), the key, the
-/// value. The limits below keep such a leaf within one 32 KiB run.
+/// 4-byte end offset (keys are fixed-width and carry none), the key (40
+/// bytes in `envelopes`, 41 in `envelope_parts`), the value. The limits
+/// below keep such a leaf within one 32 KiB run.
 const LEAF_RUN: usize = 32 * 1024;
 const LEAF_OVERHEAD: usize = 4 + 4;
 
