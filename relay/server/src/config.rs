@@ -67,6 +67,9 @@ struct File {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StoreFile {
+    journal_mib: Option<u64>,
+    /// Accepted so that configs written for 0.1 still load: every
+    /// checkpoint uses redb's quick-repair now.
     quick_repair: Option<bool>,
 }
 
@@ -111,9 +114,12 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub metrics_listen: Option<SocketAddr>,
     pub limits: Limits,
-    /// `[store] quick_repair`: see [`chappe_store::StoreConfig::quick_repair`].
-    pub quick_repair: bool,
+    /// `[store] journal_mib`: see [`chappe_store::StoreConfig::journal_bytes`].
+    pub journal_mib: u64,
     pub log_level: String,
+    /// Settings that load but no longer do anything, with what to do about
+    /// them; logged at start and printed by `check-config`.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -295,8 +301,19 @@ impl Config {
             state_dir,
             metrics_listen,
             limits,
-            quick_repair: file.store.quick_repair.unwrap_or(false),
+            journal_mib: range("store.journal_mib", file.store.journal_mib, 64, 1, 4096)?,
             log_level,
+            warnings: file
+                .store
+                .quick_repair
+                .map(|_| {
+                    "config key `store.quick_repair` no longer has an effect: every store \
+                     checkpoint now uses quick-repair, so a restart after a crash never scans the \
+                     whole file; remove the key"
+                        .to_string()
+                })
+                .into_iter()
+                .collect(),
         })
     }
 
@@ -311,7 +328,7 @@ impl Config {
             envelope_ttl: l.envelope_ttl,
             min_free_disk_bytes: l.min_free_disk_bytes,
             max_store_bytes: l.max_store_bytes,
-            quick_repair: self.quick_repair,
+            journal_bytes: self.journal_mib << 20,
             ..chappe_store::StoreConfig::new(self.state_dir.join(STORE_FILE))
         }
     }

@@ -2,11 +2,12 @@
 //!
 //! `/healthz` answers 200 while the process serves requests at all (for a
 //! watchdog or liveness probe); `/readyz` answers 200 only while the relay
-//! accepts QUIC connections (store open, endpoint bound, not draining), which
-//! is what a load balancer or an upgrade script waits for.
+//! accepts QUIC connections (store open and taking writes, endpoint bound,
+//! not draining), which is what a load balancer or an upgrade script waits
+//! for.
 //!
-//! The listener starts before the store is opened. Opening can take long:
-//! after a crash redb repairs the whole file first. Meanwhile `/healthz`
+//! The listener starts before the store is opened. Opening can take a
+//! moment: after a crash the journal is replayed first. Meanwhile `/healthz`
 //! says `opening store` (alive, so nothing restarts it in a loop),
 //! `/readyz` says not ready, and `/metrics` serves what exists already,
 //! with `chappe_ready 0`.

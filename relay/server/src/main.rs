@@ -95,6 +95,9 @@ fn main() -> ExitCode {
     }
     let result = load_config(&cli).and_then(|cfg| match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => {
+            for w in &cfg.warnings {
+                println!("warning: {w}");
+            }
             println!(
                 "config ok: listen {} (udp), state {}, metrics {}",
                 cfg.listen,
@@ -143,6 +146,9 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
     if keys::init(&cfg.state_dir)? {
         tracing::info!(dir = %cfg.state_dir.display(), "created new relay keys");
     }

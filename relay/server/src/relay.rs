@@ -47,8 +47,10 @@ impl Relay {
         self.metrics.ready.set(i64::from(ready));
     }
 
+    /// Ready to take traffic: serving, not draining, and the store still
+    /// takes writes (after a failed disk write it refuses them all).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.shutdown.is_set()
+        self.ready.load(Ordering::Acquire) && !self.shutdown.is_set() && !self.store.stats().failed
     }
 
     pub fn next_session_id(&self) -> u64 {

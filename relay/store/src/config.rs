@@ -24,14 +24,13 @@ pub struct StoreConfig {
     /// Sends get `RelayFull` once stored ciphertext would exceed this many
     /// bytes in total (0 = unlimited).
     pub max_store_bytes: u64,
-    /// Most requests committed in one transaction (one fsync).
+    /// Most requests in one group commit (one journal sync).
     pub max_batch: usize,
-    /// Commit with redb's quick-repair: each commit also records the
-    /// allocator state and uses a two-phase commit, so that opening the file
-    /// after a crash (kill -9, power loss) loads that state instead of
-    /// walking the whole file. Costs a second fsync per commit; see
-    /// `docs/OPERATOR.md` for the measured trade-off.
-    pub quick_repair: bool,
+    /// Size of the journal's ring, fixed when the journal file is created
+    /// (a multiple of 4096, at least 1 MiB). It bounds how much the applier
+    /// may lag behind redb: the memory that envelopes not yet in redb take,
+    /// and the replay after a crash (about a quarter of it at most).
+    pub journal_bytes: u64,
 }
 
 impl StoreConfig {
@@ -46,7 +45,12 @@ impl StoreConfig {
             min_free_disk_bytes: 512 * MIB,
             max_store_bytes: 0,
             max_batch: 1024,
-            quick_repair: false,
+            journal_bytes: 64 * MIB,
         }
+    }
+
+    /// The journal file: next to the database, `store.redb` → `store.journal`.
+    pub fn journal_path(&self) -> PathBuf {
+        self.path.with_extension("journal")
     }
 }

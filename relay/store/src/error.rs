@@ -14,6 +14,8 @@ use std::sync::Arc;
 use chappe_proto::ResultCode;
 use thiserror::Error;
 
+use crate::journal::JournalError;
+
 /// Something went wrong with the database, not with the request.
 ///
 /// `Clone` so that one failed commit can be reported to every request of its
@@ -45,6 +47,30 @@ pub enum StoreError {
     Spawn(#[source] Arc<std::io::Error>),
     #[error("the store writer has stopped")]
     WriterStopped,
+    #[error("journal: {0}")]
+    Journal(#[source] Arc<JournalError>),
+    #[error(
+        "{path} belongs to another store than the one next to it (their journal ids differ): \
+         it was copied from another relay's state directory, or store.redb was restored without \
+         it. Put back the pair that belongs together; or, accepting that the envelopes in it are \
+         lost, move {path} away and start again (a new journal is created)"
+    )]
+    JournalMismatch { path: PathBuf },
+    #[error(
+        "{path}: record {seq} is intact but cannot be read ({detail}); it was written by a \
+         different build, or the file is damaged. Nothing was changed"
+    )]
+    JournalRecord {
+        path: PathBuf,
+        seq: u64,
+        detail: String,
+    },
+    /// A journal or database write failed earlier; see the log for which.
+    #[error(
+        "the store stopped taking writes after a failed disk write (see the earlier error); \
+         restart the relay once the disk is fixed: nothing acknowledged is lost"
+    )]
+    Failed,
     /// Something the code guarantees did not hold; a bug, not a disk fault.
     #[error("store invariant broken: {0}")]
     Invariant(&'static str),
@@ -53,6 +79,20 @@ pub enum StoreError {
 impl StoreError {
     pub(crate) fn corrupt(table: &'static str, detail: &'static str) -> Self {
         StoreError::Corrupt { table, detail }
+    }
+
+    pub(crate) fn journal_io(path: &std::path::Path, source: std::io::Error) -> Self {
+        JournalError::Io {
+            path: path.to_owned(),
+            source,
+        }
+        .into()
+    }
+}
+
+impl From<JournalError> for StoreError {
+    fn from(e: JournalError) -> Self {
+        StoreError::Journal(Arc::new(e))
     }
 }
 

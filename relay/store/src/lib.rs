@@ -1,5 +1,5 @@
 //! The Chappe relay's mailbox store: envelopes waiting for their owner, in
-//! one [redb] file.
+//! one [redb] file, with a write-ahead journal in front of it.
 //!
 //! The relay holds ciphertext for mailboxes until the owner fetches and
 //! acknowledges it, or until it expires. What the store keeps is the least
@@ -9,28 +9,42 @@
 //! # How data moves
 //!
 //! ```text
-//!  callers (any thread/task)                       writer thread
-//!  ─────────────────────────                       ─────────────
-//!  Store::enqueue / ack / create_mailbox ...
-//!     │ validate what needs no disk (size, counts)
-//!     │ hash the token
-//!     └──► channel ──► take 1 request, then all queued (≤ max_batch)
-//!                       one write txn: apply each (ops), refusals stay local
-//!                       update meta totals, commit (one fsync)
-//!     ◄── oneshot ◄──── answer each request
+//!  callers (any task)          writer thread                 applier thread
+//!  ──────────────────          ─────────────                 ──────────────
+//!  Store::enqueue / ack ...
+//!   │ check what needs no disk
+//!   └─► channel ─► take a batch; decide each request
+//!                  (tokens, quotas, numbers: overlay)
+//!                  one journal record, one fdatasync
+//!                  publish to the memtable ──────────► window of units (~200 ms):
+//!   ◄── answer ◄── answer                              a remove cancels a put still
+//!                                                      held; the rest goes into redb
+//!  create / delete / tokens ──► barrier ─────────────► in one durable transaction
+//!   ◄──────────────────────────────────────────────── answered after that commit
 //!
-//!  Store::fetch / list_mailboxes / check ──► own read txn (MVCC snapshot)
-//!  Store::stats ──► atomics published by the writer after each commit
+//!  Store::fetch ─► memtable first, then a redb read snapshot; merged
+//!  Store::stats ─► atomics published by both threads
 //! ```
+//!
+//! A send is durable once its journal record is synced; it reaches redb a
+//! little later, or never, if its owner acknowledged it first (the common
+//! case for an owner that is online). After a crash, opening the store
+//! replays the journal from the mark the last redb commit recorded.
 //!
 //! # Modules
 //!
-//! - [`store`]: the [`Store`] handle; submits writes, runs reads.
-//! - `writer`: the group-commit thread and its periodic expiry sweep.
-//! - `ops`: each write operation as applied inside the batch transaction,
-//!   validate-then-mutate, so one refused request never stains the batch.
-//! - `reads`: fetch, listing, and the full consistency [`check`](Store::check).
-//! - `schema`: table definitions, key layouts, opening with a version check.
+//! - [`store`]: the [`Store`] handle; opening and journal recovery.
+//! - `writer`: the group-commit thread, which decides every write.
+//! - `applier`: the thread that moves journaled batches into redb.
+//! - [`journal`]: the journal file (a ring of authenticated records).
+//! - [`effect`]: what a journal record holds: the envelope changes a batch made.
+//! - `memtable`: journaled envelopes and acks redb does not have yet, for reads.
+//! - `overlay`: the writer's view of mailbox records ahead of redb.
+//! - `ops`: the changes to redb's tables, inside the applier's transaction.
+//! - `reads`: fetch, listing, the full consistency [`check`](Store::check),
+//!   and the writer's snapshot.
+//! - `schema`: table definitions, key layouts, the journal mark, opening with
+//!   a version check.
 //! - `records`: value codecs (mailbox record, envelope, meta numbers).
 //! - `request`: the messages between handles and the writer.
 //! - [`error`]: [`StoreError`] for operators, [`RequestError`] for the wire.
@@ -38,11 +52,16 @@
 //!   watermark).
 #![forbid(unsafe_code)]
 
+mod applier;
 mod clock;
 mod config;
 mod disk;
+pub mod effect;
 pub mod error;
+pub mod journal;
+mod memtable;
 mod ops;
+mod overlay;
 mod reads;
 mod records;
 mod request;

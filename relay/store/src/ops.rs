@@ -1,33 +1,32 @@
-//! The operations, as applied inside the writer's batch transaction.
+//! Changes to the redb tables, as the applier makes them inside one write
+//! transaction: journaled effects (put, remove), and the mailbox operations
+//! that are committed before they are answered (create, delete, tokens).
 //!
-//! Every operation validates first and mutates after, and the only failures
-//! possible once it mutates are redb I/O errors, which abort the whole batch.
-//! So a refused request leaves nothing behind, and the other requests of its
-//! batch commit as if it had never been there.
+//! Mailbox records are read once per transaction and written back once in
+//! [`Tx::finish`]: an applier transaction holds thousands of envelopes,
+//! mostly for a few mailboxes.
 //!
 //! Deletes are lenient about damage (an envelope whose value cannot be
 //! decoded is still removed and its length still subtracted), because a
 //! damaged entry that blocks its own deletion would never go away.
 
 use std::collections::HashMap;
-use std::ops::Bound;
+use std::collections::hash_map::Entry;
 
-use chappe_proto::{OwnerKey, ReceiveId, SendId, TokenDigest};
+use chappe_proto::{OwnerKey, ReceiveId};
 use redb::{ReadableTable, Table, WriteTransaction};
 
-use crate::clock::{expiry_hour, hour_of, is_expired};
 use crate::config::StoreConfig;
-use crate::disk::DiskGauge;
 use crate::error::{RequestError, StoreError};
 use crate::records::{
     ENVELOPE_HEADER, MailboxRecord, TokenList, byte_len, may_have_parts, read_envelope,
     split_ciphertext, stored_len, write_envelope,
 };
-use crate::request::{Answer, Enqueued, MailboxInfo, Op};
+use crate::request::MailboxInfo;
 use crate::schema::{
-    self, ENVELOPE_PARTS, ENVELOPES, EXPIRY, MAILBOXES, META, OWNER_INDEX, SEND_INDEX, Totals,
-    envelope_key, expiry_key, owner_key, owner_range, part_key, part_range, split_envelope_key,
-    split_expiry_key,
+    self, ENVELOPE_PARTS, ENVELOPES, EXPIRY, JournalMark, MAILBOXES, META, OWNER_INDEX, SEND_INDEX,
+    Totals, envelope_key, expiry_key, owner_key, owner_range, part_key, part_range,
+    split_envelope_key,
 };
 
 /// The sequence number of a mailbox's first envelope; 0 stays free to mean
@@ -36,9 +35,9 @@ pub(crate) const FIRST_SEQ: u64 = 1;
 
 /// How an operation did not succeed.
 pub(crate) enum Fail {
-    /// This request alone is refused; the batch goes on.
+    /// This request alone is refused; the transaction goes on.
     Refuse(RequestError),
-    /// The transaction cannot be trusted any more; the batch is dropped.
+    /// The transaction cannot be trusted any more.
     Abort(StoreError),
 }
 
@@ -50,7 +49,7 @@ impl From<RequestError> for Fail {
 
 impl From<StoreError> for Fail {
     /// Damage found while validating refuses only the request that found
-    /// it: one corrupt record must not stop every send in its batch.
+    /// it: one corrupt record must not stop everything else.
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Corrupt { .. } | StoreError::Invariant(_) => {
@@ -67,25 +66,16 @@ impl From<redb::StorageError> for Fail {
     }
 }
 
-/// What an operation needs besides the tables.
-pub(crate) struct Ctx<'c> {
-    pub cfg: &'c StoreConfig,
-    /// Read once per batch: every envelope of a batch gets the same expiry.
-    pub now_secs: u64,
-    pub disk: &'c mut DiskGauge,
-}
-
-impl Ctx<'_> {
-    fn relay_full(&mut self, stored: u64, add: u64) -> bool {
-        let cap = self.cfg.max_store_bytes;
-        (cap > 0 && stored.saturating_add(add) > cap) || self.disk.is_low()
-    }
-}
-
 type Tbl<'t, K, V> = Table<'t, K, V>;
 
-/// The open tables of one write transaction, plus the totals as this batch
-/// has changed them so far.
+/// A mailbox record as this transaction has it: `None` if there is none.
+struct Cached {
+    rec: Option<MailboxRecord>,
+    dirty: bool,
+}
+
+/// The open tables of one write transaction, its cached mailbox records,
+/// and the totals as it has changed them so far.
 pub(crate) struct Tx<'t> {
     mailboxes: Tbl<'t, &'static [u8; 32], &'static [u8]>,
     sends: Tbl<'t, &'static [u8; 32], &'static [u8; 32]>,
@@ -94,8 +84,8 @@ pub(crate) struct Tx<'t> {
     parts: Tbl<'t, &'static [u8; 41], &'static [u8]>,
     expiry: Tbl<'t, &'static [u8; 44], ()>,
     meta: Tbl<'t, &'static str, &'static [u8]>,
+    records: HashMap<ReceiveId, Cached>,
     totals: Totals,
-    saved: Totals,
     scratch: Vec<u8>,
 }
 
@@ -109,8 +99,8 @@ impl<'t> Tx<'t> {
             parts: txn.open_table(ENVELOPE_PARTS)?,
             expiry: txn.open_table(EXPIRY)?,
             meta: txn.open_table(META)?,
+            records: HashMap::new(),
             totals,
-            saved: totals,
             scratch: Vec::with_capacity(512),
         })
     }
@@ -119,61 +109,57 @@ impl<'t> Tx<'t> {
         self.totals
     }
 
-    /// Writes the totals into `meta` if the batch changed them.
-    pub(crate) fn save_totals(&mut self) -> Result<(), StoreError> {
-        if self.totals != self.saved {
-            schema::write_totals(&mut self.meta, &self.totals)?;
-            self.saved = self.totals;
+    /// Writes back every changed record, the totals and how far the
+    /// journal has been applied.
+    pub(crate) fn finish(&mut self, mark: &JournalMark) -> Result<(), StoreError> {
+        for (id, c) in &mut self.records {
+            if !c.dirty {
+                continue;
+            }
+            match &c.rec {
+                Some(rec) => {
+                    rec.encode_into(&mut self.scratch);
+                    self.mailboxes.insert(&id.0, self.scratch.as_slice())?;
+                }
+                None => {
+                    self.mailboxes.remove(&id.0)?;
+                }
+            }
+            c.dirty = false;
         }
+        schema::write_totals(&mut self.meta, &self.totals)?;
+        schema::write_mark(&mut self.meta, mark)?;
         Ok(())
     }
 
-    pub(crate) fn apply(&mut self, ctx: &mut Ctx<'_>, op: &Op) -> Result<Answer, Fail> {
-        match op {
-            Op::Create { owner, tokens } => self.create(ctx, owner, tokens).map(Answer::Info),
-            Op::Delete { owner, id } => self.delete(owner, id).map(|()| Answer::Unit),
-            Op::SetTokens { owner, id, tokens } => {
-                self.set_tokens(owner, id, tokens).map(|()| Answer::Unit)
+    fn cached(&mut self, id: &ReceiveId) -> Result<&mut Cached, StoreError> {
+        match self.records.entry(*id) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(e) => {
+                let rec = match self.mailboxes.get(&id.0)? {
+                    Some(v) => Some(MailboxRecord::decode(v.value())?),
+                    None => None,
+                };
+                Ok(e.insert(Cached { rec, dirty: false }))
             }
-            Op::Enqueue {
-                send,
-                digest,
-                ciphertext,
-            } => self
-                .enqueue(ctx, send, digest, ciphertext)
-                .map(Answer::Enqueued),
-            Op::Ack { owner, id, seqs } => self.ack(owner, id, seqs).map(|()| Answer::Unit),
-            Op::Sweep => self
-                .sweep(hour_of(ctx.now_secs), usize::MAX)
-                .map(Answer::Swept)
-                .map_err(Fail::Abort),
-        }
-    }
-
-    fn record(&self, id: &ReceiveId) -> Result<Option<MailboxRecord>, StoreError> {
-        match self.mailboxes.get(&id.0)? {
-            Some(v) => MailboxRecord::decode(v.value()).map(Some),
-            None => Ok(None),
         }
     }
 
     /// The record of a mailbox `owner` owns; anything else is "unknown".
-    fn owned(&self, owner: &OwnerKey, id: &ReceiveId) -> Result<MailboxRecord, Fail> {
-        match self.record(id)? {
-            Some(rec) if rec.owner == *owner => Ok(rec),
+    fn owned(&mut self, owner: &OwnerKey, id: &ReceiveId) -> Result<MailboxRecord, Fail> {
+        match &self.cached(id)?.rec {
+            Some(rec) if rec.owner == *owner => Ok(rec.clone()),
             _ => Err(RequestError::UnknownMailbox.into()),
         }
     }
 
-    fn put(&mut self, id: &ReceiveId, rec: &MailboxRecord) -> Result<(), StoreError> {
-        rec.encode_into(&mut self.scratch);
-        self.mailboxes.insert(&id.0, self.scratch.as_slice())?;
-        Ok(())
+    fn put_record(&mut self, id: &ReceiveId, rec: Option<MailboxRecord>) {
+        self.records.insert(*id, Cached { rec, dirty: true });
     }
 
-    fn create(
+    pub(crate) fn create(
         &mut self,
-        ctx: &Ctx<'_>,
+        cfg: &StoreConfig,
         owner: &OwnerKey,
         tokens: &TokenList,
     ) -> Result<MailboxInfo, Fail> {
@@ -183,7 +169,7 @@ impl<'t> Tx<'t> {
             row?;
             owned += 1;
         }
-        if owned >= u64::from(ctx.cfg.max_mailboxes_per_owner) {
+        if owned >= u64::from(cfg.max_mailboxes_per_owner) {
             return Err(RequestError::TooManyMailboxes.into());
         }
         let (id, send_id) = self.fresh_ids()?;
@@ -195,7 +181,7 @@ impl<'t> Tx<'t> {
             next_seq: FIRST_SEQ,
             tokens: *tokens,
         };
-        self.put(&id, &rec)?;
+        self.put_record(&id, Some(rec));
         self.sends.insert(&send_id.0, &id.0)?;
         self.owners.insert(&owner_key(owner, &id), ())?;
         self.totals.mailboxes += 1;
@@ -210,18 +196,18 @@ impl<'t> Tx<'t> {
     /// Random ids not in use. A collision of 256-bit random ids will not
     /// happen, but checking costs two lookups and makes it impossible for a
     /// broken RNG to hand one owner's mailbox to another.
-    fn fresh_ids(&self) -> Result<(ReceiveId, SendId), StoreError> {
+    fn fresh_ids(&mut self) -> Result<(ReceiveId, chappe_proto::SendId), StoreError> {
         for _ in 0..4 {
             let id = ReceiveId::random();
-            let send = SendId::random();
-            if self.mailboxes.get(&id.0)?.is_none() && self.sends.get(&send.0)?.is_none() {
+            let send = chappe_proto::SendId::random();
+            if self.cached(&id)?.rec.is_none() && self.sends.get(&send.0)?.is_none() {
                 return Ok((id, send));
             }
         }
         Err(StoreError::Invariant("random mailbox ids keep colliding"))
     }
 
-    fn delete(&mut self, owner: &OwnerKey, id: &ReceiveId) -> Result<(), Fail> {
+    pub(crate) fn delete(&mut self, owner: &OwnerKey, id: &ReceiveId) -> Result<(), Fail> {
         let rec = self.owned(owner, id)?;
         let (lo, hi) = (envelope_key(id, 0), envelope_key(id, u64::MAX));
         let (mut count, mut bytes) = (0u64, 0u64);
@@ -245,7 +231,7 @@ impl<'t> Tx<'t> {
         })?;
         self.sends.remove(&rec.send_id.0)?;
         self.owners.remove(&owner_key(owner, id))?;
-        self.mailboxes.remove(&id.0)?;
+        self.put_record(id, None);
         if count != u64::from(rec.envelopes) || bytes != rec.bytes {
             tracing::debug!(mailbox = ?id, "mismatched counts");
             tracing::warn!("deleted mailbox's counts did not match its envelopes");
@@ -256,7 +242,7 @@ impl<'t> Tx<'t> {
         Ok(())
     }
 
-    fn set_tokens(
+    pub(crate) fn set_tokens(
         &mut self,
         owner: &OwnerKey,
         id: &ReceiveId,
@@ -264,90 +250,101 @@ impl<'t> Tx<'t> {
     ) -> Result<(), Fail> {
         let mut rec = self.owned(owner, id)?;
         rec.tokens = *tokens;
-        self.put(id, &rec)?;
+        self.put_record(id, Some(rec));
         Ok(())
     }
 
-    fn enqueue(
+    /// Stores a journaled envelope. Returns false, storing nothing, if its
+    /// mailbox is gone (which the writer's checks make impossible; a
+    /// damaged store is the only way).
+    pub(crate) fn put(
         &mut self,
-        ctx: &mut Ctx<'_>,
-        send: &SendId,
-        digest: &TokenDigest,
+        id: &ReceiveId,
+        seq: u64,
+        expiry: u32,
         ciphertext: &[u8],
-    ) -> Result<Enqueued, Fail> {
-        let Some(id) = self.sends.get(&send.0)?.map(|v| ReceiveId(*v.value())) else {
-            return Err(RequestError::UnknownMailbox.into());
-        };
-        let Some(mut rec) = self.record(&id)? else {
-            return Err(StoreError::corrupt("send_index", "points at a missing mailbox").into());
-        };
-        if !digest.ct_in(rec.tokens.as_slice()) {
-            return Err(RequestError::BadToken.into());
-        }
+    ) -> Result<bool, StoreError> {
         let len = byte_len(ciphertext);
-        if ctx.relay_full(self.totals.bytes, len) {
-            return Err(RequestError::RelayFull.into());
-        }
-        if rec.envelopes >= ctx.cfg.max_envelopes_per_mailbox
-            || rec.bytes.saturating_add(len) > ctx.cfg.max_bytes_per_mailbox
-        {
-            return Err(RequestError::QuotaExceeded.into());
-        }
-        let seq = rec.next_seq;
-        let (Some(next_seq), Some(envelopes)) = (seq.checked_add(1), rec.envelopes.checked_add(1))
-        else {
-            return Err(StoreError::corrupt("mailboxes", "counter at its maximum").into());
+        let c = self.cached(id)?;
+        let Some(rec) = &mut c.rec else {
+            tracing::debug!(mailbox = ?id, seq, "journaled envelope for a missing mailbox");
+            tracing::warn!("a journaled envelope's mailbox is missing; the envelope is dropped");
+            return Ok(false);
         };
-        let expiry = expiry_hour(ctx.now_secs, ctx.cfg.envelope_ttl);
+        rec.envelopes = rec.envelopes.saturating_add(1);
+        rec.bytes = rec.bytes.saturating_add(len);
+        rec.next_seq = rec.next_seq.max(seq.saturating_add(1));
+        c.dirty = true;
         let (first, rest) = split_ciphertext(ciphertext);
         {
-            let key = envelope_key(&id, seq);
+            let key = envelope_key(id, seq);
             let mut slot = self
                 .envelopes
                 .insert_reserve(&key, ENVELOPE_HEADER + first.len())?;
             if !write_envelope(slot.as_mut(), expiry, first) {
-                // The slot is already in the tree: the batch must not commit.
-                return Err(Fail::Abort(StoreError::Invariant(
+                // The slot is already in the tree: the transaction must not commit.
+                return Err(StoreError::Invariant(
                     "reserved envelope slot has the wrong size",
-                )));
+                ));
             }
         }
         for (n, part) in (1..=u8::MAX).zip(rest) {
-            self.parts.insert(&part_key(&id, seq, n), part)?;
+            self.parts.insert(&part_key(id, seq, n), part)?;
         }
-        self.expiry.insert(&expiry_key(expiry, &id, seq), ())?;
-        rec.next_seq = next_seq;
-        rec.envelopes = envelopes;
-        rec.bytes = rec.bytes.saturating_add(len);
-        self.put(&id, &rec)?;
+        self.expiry.insert(&expiry_key(expiry, id, seq), ())?;
         self.totals.envelopes += 1;
         self.totals.bytes = self.totals.bytes.saturating_add(len);
-        Ok(Enqueued {
-            receive_id: id,
-            seq,
-        })
+        Ok(true)
     }
 
-    fn ack(&mut self, owner: &OwnerKey, id: &ReceiveId, seqs: &[u64]) -> Result<(), Fail> {
-        let mut rec = self.owned(owner, id)?;
-        let mut changed = false;
+    /// An envelope that was acknowledged before it reached redb still used
+    /// up its sequence number.
+    pub(crate) fn skip(&mut self, id: &ReceiveId, seq: u64) -> Result<(), StoreError> {
+        let c = self.cached(id)?;
+        if let Some(rec) = &mut c.rec
+            && rec.next_seq <= seq
+        {
+            rec.next_seq = seq.saturating_add(1);
+            c.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Deletes envelopes; numbers not stored are ignored.
+    pub(crate) fn remove(&mut self, id: &ReceiveId, seqs: &[u64]) -> Result<(), StoreError> {
+        let (mut count, mut bytes) = (0u32, 0u64);
         for &seq in seqs {
-            // Already acked, expired or never stored: acks are idempotent.
             let Some((expiry, len)) = self.remove_envelope(id, seq)? else {
                 continue;
             };
             if let Some(expiry) = expiry {
                 self.expiry.remove(&expiry_key(expiry, id, seq))?;
             }
-            rec.envelopes = rec.envelopes.saturating_sub(1);
-            rec.bytes = rec.bytes.saturating_sub(len);
-            self.totals.envelopes = self.totals.envelopes.saturating_sub(1);
-            self.totals.bytes = self.totals.bytes.saturating_sub(len);
-            changed = true;
+            count = count.saturating_add(1);
+            bytes = bytes.saturating_add(len);
         }
-        if changed {
-            self.put(id, &rec)?;
+        if count == 0 {
+            return Ok(());
         }
+        self.totals.envelopes = self.totals.envelopes.saturating_sub(u64::from(count));
+        self.totals.bytes = self.totals.bytes.saturating_sub(bytes);
+        let c = self.cached(id)?;
+        if let Some(rec) = &mut c.rec {
+            rec.envelopes = rec.envelopes.saturating_sub(count);
+            rec.bytes = rec.bytes.saturating_sub(bytes);
+            c.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Drops one expiry index row.
+    pub(crate) fn unindex(
+        &mut self,
+        id: &ReceiveId,
+        seq: u64,
+        hour: u32,
+    ) -> Result<(), StoreError> {
+        self.expiry.remove(&expiry_key(hour, id, seq))?;
         Ok(())
     }
 
@@ -378,63 +375,5 @@ impl<'t> Tx<'t> {
             })?;
         }
         Ok(Some((expiry, len)))
-    }
-
-    /// Deletes up to `limit` envelopes whose expiry hour is `now_hour` or
-    /// earlier, walking the expiry index from its start so that nothing
-    /// unexpired is read. Returns how many were deleted.
-    pub(crate) fn sweep(&mut self, now_hour: u32, limit: usize) -> Result<u64, StoreError> {
-        let end = match now_hour.checked_add(1) {
-            Some(h) => Bound::Excluded(expiry_key(h, &ReceiveId([0; 32]), 0)),
-            None => Bound::Unbounded,
-        };
-        let mut due = Vec::new();
-        for row in self
-            .expiry
-            .range::<&[u8; 44]>((Bound::Unbounded, end.as_ref()))?
-            .take(limit)
-        {
-            due.push(*row?.0.value());
-        }
-        let mut per_box: HashMap<ReceiveId, (u32, u64)> = HashMap::new();
-        let mut swept = 0u64;
-        for row in &due {
-            self.expiry.remove(row)?;
-            let (_, id, seq) = split_expiry_key(row);
-            let key = envelope_key(&id, seq);
-            // An index row that disagrees with its envelope is dropped, but
-            // the envelope is only deleted if it has expired itself.
-            let expired = match self.envelopes.get(&key)? {
-                Some(v) => read_envelope(v.value()).map_or(true, |(e, _)| is_expired(e, now_hour)),
-                None => false,
-            };
-            if !expired {
-                continue;
-            }
-            if let Some((_, len)) = self.remove_envelope(&id, seq)? {
-                let e = per_box.entry(id).or_default();
-                e.0 = e.0.saturating_add(1);
-                e.1 = e.1.saturating_add(len);
-                self.totals.envelopes = self.totals.envelopes.saturating_sub(1);
-                self.totals.bytes = self.totals.bytes.saturating_sub(len);
-                swept += 1;
-            }
-        }
-        for (id, (count, bytes)) in per_box {
-            match self.record(&id) {
-                Ok(Some(mut rec)) => {
-                    rec.envelopes = rec.envelopes.saturating_sub(count);
-                    rec.bytes = rec.bytes.saturating_sub(bytes);
-                    self.put(&id, &rec)?;
-                }
-                Ok(None) => {}
-                Err(StoreError::Corrupt { .. }) => {
-                    tracing::debug!(mailbox = ?id, "damaged mailbox record");
-                    tracing::warn!("sweep left a damaged mailbox record as is");
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(swept)
     }
 }

@@ -1,26 +1,40 @@
 //! Reads, done in the caller's thread in their own read transaction.
 //!
 //! redb gives every read transaction a consistent snapshot without locking
-//! out the writer, so fetches and listings need no lock of ours and never
-//! wait for a commit; they see everything committed before they began.
+//! out the applier, so fetches and listings need no lock of ours on the
+//! database and never wait for a commit. What the journal holds and redb
+//! does not yet comes from the [`MemTable`], looked at *before* the redb
+//! snapshot is taken (its module says why that order is enough).
+//!
+//! [`View`] is the writer's own snapshot, for what it must look up in redb
+//! to decide a request.
 
 use std::collections::HashMap;
+use std::ops::Bound;
 
 use bytes::{Bytes, BytesMut};
 use chappe_proto::envelope::MAX_CIPHERTEXT;
-use chappe_proto::{OwnerKey, ReceiveId};
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use chappe_proto::{OwnerKey, ReceiveId, SendId};
+use redb::{
+    Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata,
+};
 
 use crate::clock::is_expired;
 use crate::error::{RequestError, StoreError};
+use crate::memtable::{MemTable, Slot};
 use crate::ops::Fail;
 use crate::records::{MailboxRecord, byte_len, may_have_parts, read_envelope, stored_len};
-use crate::request::{MailboxInfo, StoredEnvelope};
+use crate::request::StoredEnvelope;
 use crate::schema::{
     self, ENVELOPE_PARTS, ENVELOPES, EXPIRY, MAILBOXES, META, OWNER_INDEX, SEND_INDEX, Totals,
     envelope_key, expiry_key, owner_key, owner_key_mailbox, owner_range, part_range,
-    split_envelope_key, split_part_key,
+    split_envelope_key, split_expiry_key, split_part_key,
 };
+
+/// A stored envelope as a fetch reads it: its number, and its expiry hour
+/// and ciphertext unless the value is damaged.
+type Row = (u64, Option<(u32, Bytes)>);
 
 pub(crate) struct FetchArgs {
     pub owner: OwnerKey,
@@ -31,14 +45,20 @@ pub(crate) struct FetchArgs {
     pub now_hour: u32,
 }
 
-pub(crate) fn fetch(db: &Database, a: &FetchArgs) -> Result<Vec<StoredEnvelope>, RequestError> {
-    fetch_inner(db, a).map_err(|f| match f {
+pub(crate) fn fetch(
+    db: &Database,
+    mem: &MemTable,
+    a: &FetchArgs,
+) -> Result<Vec<StoredEnvelope>, RequestError> {
+    fetch_inner(db, mem, a).map_err(|f| match f {
         Fail::Refuse(e) => e,
         Fail::Abort(e) => RequestError::internal(e),
     })
 }
 
-fn fetch_inner(db: &Database, a: &FetchArgs) -> Result<Vec<StoredEnvelope>, Fail> {
+fn fetch_inner(db: &Database, mem: &MemTable, a: &FetchArgs) -> Result<Vec<StoredEnvelope>, Fail> {
+    // First the memtable, then the snapshot: see the module doc.
+    let recent = mem.snapshot(&a.id, a.from_seq, a.max_count);
     let txn = db.begin_read().map_err(StoreError::from)?;
     let mailboxes = txn.open_table(MAILBOXES).map_err(StoreError::from)?;
     let owned = match mailboxes.get(&a.id.0)? {
@@ -59,20 +79,54 @@ fn fetch_inner(db: &Database, a: &FetchArgs) -> Result<Vec<StoredEnvelope>, Fail
         envelope_key(&a.id, a.from_seq),
         envelope_key(&a.id, u64::MAX),
     );
-    for row in envelopes.range::<&[u8; 40]>(&lo..=&hi)? {
+    let mut disk = envelopes.range::<&[u8; 40]>(&lo..=&hi)?;
+    let mut recent = recent.into_iter();
+    let mut next_disk = || -> Result<Option<Row>, StoreError> {
+        let Some(row) = disk.next() else {
+            return Ok(None);
+        };
         let (k, v) = row?;
         let seq = split_envelope_key(k.value()).1;
         let whole = read_envelope(v.value()).and_then(|(expiry, first)| {
             Ok((expiry, join_parts(&parts, &a.id, seq, v.value(), first)?))
         });
-        let (expiry, ct) = match whole {
-            Ok(e) => e,
+        match whole {
+            Ok(e) => Ok(Some((seq, Some(e)))),
             Err(e) => {
                 // Skipped rather than failing the fetch, so one damaged
                 // envelope cannot wedge its mailbox; the owner may ack it.
                 tracing::warn!(seq, error = %e, "skipping a damaged envelope");
-                continue;
+                Ok(Some((seq, None)))
             }
+        }
+    };
+    let mut d = next_disk()?;
+    let mut m = recent.next();
+    loop {
+        let from_disk = match (&d, &m) {
+            (None, None) => break,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some((ds, _)), Some((ms, _))) => ds < ms,
+        };
+        let (seq, found) = if from_disk {
+            let Some(next) = d.take() else { break };
+            d = next_disk()?;
+            next
+        } else {
+            let Some((seq, slot)) = m.take() else { break };
+            m = recent.next();
+            // The memtable has the last word on a number it holds.
+            if d.as_ref().is_some_and(|(ds, _)| *ds == seq) {
+                d = next_disk()?;
+            }
+            match slot {
+                Slot::Live { expiry, ciphertext } => (seq, Some((expiry, ciphertext))),
+                Slot::Gone => (seq, None),
+            }
+        };
+        let Some((expiry, ct)) = found else {
+            continue;
         };
         if is_expired(expiry, a.now_hour) {
             continue;
@@ -118,29 +172,105 @@ fn join_parts(
     Ok(whole.freeze())
 }
 
-pub(crate) fn list(db: &Database, owner: &OwnerKey) -> Result<Vec<MailboxInfo>, StoreError> {
-    let txn = db.begin_read()?;
-    let owners = txn.open_table(OWNER_INDEX)?;
-    let mailboxes = txn.open_table(MAILBOXES)?;
-    let (lo, hi) = owner_range(owner);
-    let mut out = Vec::new();
-    for row in owners.range::<&[u8; 64]>(&lo..=&hi)? {
-        let id = owner_key_mailbox(row?.0.value());
-        let Some(v) = mailboxes.get(&id.0)? else {
-            return Err(StoreError::corrupt(
-                "owner_index",
-                "points at a missing mailbox",
-            ));
-        };
-        let rec = MailboxRecord::decode(v.value())?;
-        out.push(MailboxInfo {
-            receive_id: id,
-            send_id: rec.send_id,
-            envelopes: rec.envelopes,
-            bytes: rec.bytes,
-        });
+/// The writer's snapshot of redb, begun when first needed.
+pub(crate) struct View {
+    mailboxes: ReadOnlyTable<&'static [u8; 32], &'static [u8]>,
+    sends: ReadOnlyTable<&'static [u8; 32], &'static [u8; 32]>,
+    owners: ReadOnlyTable<&'static [u8; 64], ()>,
+    envelopes: ReadOnlyTable<&'static [u8; 40], &'static [u8]>,
+    parts: ReadOnlyTable<&'static [u8; 41], &'static [u8]>,
+    expiry: ReadOnlyTable<&'static [u8; 44], ()>,
+    _txn: ReadTransaction,
+}
+
+impl View {
+    pub(crate) fn begin(db: &Database) -> Result<View, StoreError> {
+        let txn = db.begin_read()?;
+        Ok(View {
+            mailboxes: txn.open_table(MAILBOXES)?,
+            sends: txn.open_table(SEND_INDEX)?,
+            owners: txn.open_table(OWNER_INDEX)?,
+            envelopes: txn.open_table(ENVELOPES)?,
+            parts: txn.open_table(ENVELOPE_PARTS)?,
+            expiry: txn.open_table(EXPIRY)?,
+            _txn: txn,
+        })
     }
-    Ok(out)
+
+    /// The view in `slot`, begun now if there is none yet.
+    pub(crate) fn get<'v>(
+        slot: &'v mut Option<View>,
+        db: &Database,
+    ) -> Result<&'v View, StoreError> {
+        match slot {
+            Some(v) => Ok(v),
+            None => Ok(slot.insert(View::begin(db)?)),
+        }
+    }
+
+    pub(crate) fn send_route(&self, send: &SendId) -> Result<Option<ReceiveId>, StoreError> {
+        Ok(self.sends.get(&send.0)?.map(|v| ReceiveId(*v.value())))
+    }
+
+    pub(crate) fn record(&self, id: &ReceiveId) -> Result<Option<MailboxRecord>, StoreError> {
+        match self.mailboxes.get(&id.0)? {
+            Some(v) => MailboxRecord::decode(v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The mailboxes `owner_index` lists for `owner`, in receive id order.
+    pub(crate) fn owned(&self, owner: &OwnerKey) -> Result<Vec<ReceiveId>, StoreError> {
+        let (lo, hi) = owner_range(owner);
+        let mut out = Vec::new();
+        for row in self.owners.range::<&[u8; 64]>(&lo..=&hi)? {
+            out.push(owner_key_mailbox(row?.0.value()));
+        }
+        Ok(out)
+    }
+
+    /// An envelope's own expiry hour (unless its value is damaged) and its
+    /// ciphertext length, parts included, if it is stored.
+    pub(crate) fn envelope(
+        &self,
+        id: &ReceiveId,
+        seq: u64,
+    ) -> Result<Option<(Option<u32>, u64)>, StoreError> {
+        let Some(v) = self.envelopes.get(&envelope_key(id, seq))? else {
+            return Ok(None);
+        };
+        let v = v.value();
+        let mut len = stored_len(v);
+        if may_have_parts(v) {
+            let (lo, hi) = part_range(id, seq, seq);
+            for row in self.parts.range::<&[u8; 41]>(&lo..=&hi)? {
+                len = len.saturating_add(byte_len(row?.1.value()));
+            }
+        }
+        Ok(Some((read_envelope(v).ok().map(|e| e.0), len)))
+    }
+
+    /// Up to `limit` expiry index rows for hour `now_hour` or earlier, from
+    /// the oldest: (hour, mailbox, seq).
+    pub(crate) fn due(
+        &self,
+        now_hour: u32,
+        limit: usize,
+    ) -> Result<Vec<(u32, ReceiveId, u64)>, StoreError> {
+        let end = match now_hour.checked_add(1) {
+            Some(h) => Bound::Excluded(expiry_key(h, &ReceiveId([0; 32]), 0)),
+            None => Bound::Unbounded,
+        };
+        let mut due = Vec::new();
+        for row in self
+            .expiry
+            .range::<&[u8; 44]>((Bound::Unbounded, end.as_ref()))?
+            .take(limit)
+        {
+            due.push(split_expiry_key(row?.0.value()));
+        }
+        Ok(due)
+    }
 }
 
 /// The result of [`Store::check`](crate::Store::check): the totals `meta`

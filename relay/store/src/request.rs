@@ -2,8 +2,9 @@
 //! and the answers that travel back.
 //!
 //! An operation ([`Op`]) is kept apart from where its answer goes ([`Reply`])
-//! so the writer can apply a whole batch by reference and decide only after
-//! the commit whether each caller hears its result or `Internal`.
+//! so the writer can decide a whole batch by reference and tell each caller
+//! only after the journal sync (or the applier after its commit) whether
+//! they hear their result or `Internal`.
 
 use bytes::Bytes;
 use chappe_proto::{OwnerKey, ReceiveId, SendId, TokenDigest};
@@ -46,6 +47,10 @@ pub(crate) enum Msg {
     /// that everything queued meanwhile lands in one batch.
     #[cfg(test)]
     Hold(std::sync::mpsc::Receiver<()>),
+    /// Tests: stop both threads at once, applying nothing more to redb, as
+    /// if the process had been killed (the journal keeps what it has).
+    #[cfg(test)]
+    Crash,
 }
 
 pub(crate) struct Request {
@@ -81,6 +86,12 @@ pub(crate) enum Op {
         seqs: Vec<u64>,
     },
     Sweep,
+    /// Answered once everything queued before it is in redb.
+    Flush,
+    /// The owner's mailboxes with their counts as the writer has them.
+    List {
+        owner: OwnerKey,
+    },
 }
 
 /// What an applied operation produced, before anyone is told.
@@ -89,6 +100,7 @@ pub(crate) enum Answer {
     Unit,
     Enqueued(Enqueued),
     Swept(u64),
+    List(Vec<MailboxInfo>),
 }
 
 type Tx<T> = oneshot::Sender<Result<T, RequestError>>;
@@ -98,6 +110,7 @@ pub(crate) enum Reply {
     Unit(Tx<()>),
     Enqueued(Tx<Enqueued>),
     Swept(oneshot::Sender<Result<u64, StoreError>>),
+    List(Tx<Vec<MailboxInfo>>),
 }
 
 impl Reply {
@@ -109,6 +122,7 @@ impl Reply {
             (Reply::Unit(tx), Ok(Answer::Unit)) => drop(tx.send(Ok(()))),
             (Reply::Enqueued(tx), Ok(Answer::Enqueued(v))) => drop(tx.send(Ok(v))),
             (Reply::Swept(tx), Ok(Answer::Swept(n))) => drop(tx.send(Ok(n))),
+            (Reply::List(tx), Ok(Answer::List(v))) => drop(tx.send(Ok(v))),
             (reply, Err(e)) => reply.refuse(e),
             (reply, Ok(_)) => reply.refuse(RequestError::internal(StoreError::Invariant(
                 "answer does not match request",
@@ -121,6 +135,7 @@ impl Reply {
             Reply::Info(tx) => drop(tx.send(Err(e))),
             Reply::Unit(tx) => drop(tx.send(Err(e))),
             Reply::Enqueued(tx) => drop(tx.send(Err(e))),
+            Reply::List(tx) => drop(tx.send(Err(e))),
             Reply::Swept(tx) => drop(tx.send(Err(match e {
                 RequestError::Internal(e) => e,
                 _ => StoreError::Invariant("sweep refused"),

@@ -15,10 +15,14 @@
 //! | `expiry`     | expiry hour u32 ‖ receive id [32] ‖ seq u64      | `()`             |
 //!
 //! Value layouts are in [`crate::records`], which also says when an envelope
-//! is split into parts and why. `meta` holds `schema_version`
-//! and the running totals `envelopes`, `bytes` (ciphertext only) and
-//! `mailboxes`, which every batch updates in its own transaction: opening a
-//! store reads three numbers instead of counting a million envelopes.
+//! is split into parts and why. `meta` holds `schema_version`, the running
+//! totals `envelopes`, `bytes` (ciphertext only) and `mailboxes`, which
+//! every applier transaction updates (opening a store reads three numbers
+//! instead of counting a million envelopes), and the journal mark: which
+//! journal file belongs to this store (`journal_id`, 16 bytes), the last
+//! journal record applied (`journal_seq`), where the next one starts
+//! (`journal_pos`), and whether the journal was fully applied by a clean
+//! shutdown (`journal_clean`, 0 or 1).
 //!
 //! The `meta` table's definition must never change: it is opened first, to
 //! read the version, before any table whose layout a later version might
@@ -35,16 +39,24 @@ use redb::{
 use crate::error::StoreError;
 use crate::records::read_u64;
 
-/// Bumped on any change to a table definition or value layout.
-pub(crate) const SCHEMA_VERSION: u64 = 2;
+/// Bumped on any change to a table definition, a value layout, or what the
+/// file means on its own.
+pub(crate) const SCHEMA_VERSION: u64 = 3;
 
-/// Versions this build opens and upgrades in place. Version 1 had no
-/// `envelope_parts` table and kept every envelope whole in `envelopes`;
-/// such an envelope still reads correctly under version 2 (see
-/// [`crate::records::FIRST_PART`]), so the upgrade only creates the table
-/// and writes the new version. The reverse is refused: a version 1 build
-/// would read split envelopes cut short.
-const UPGRADES_FROM: &[u64] = &[1];
+/// Versions this build opens and upgrades in place.
+///
+/// - Version 1 had no `envelope_parts` table and kept every envelope whole
+///   in `envelopes`; such an envelope still reads correctly (see
+///   [`crate::records::FIRST_PART`]), so the upgrade creates the table.
+/// - Version 2 had no journal: every commit of `store.redb` was durable on
+///   its own. A version 3 file is the state up to its journal mark, and the
+///   journal holds what came after; the upgrade writes a mark for a new,
+///   empty journal.
+///
+/// The reverse is refused: a version 1 build would read split envelopes cut
+/// short, and a version 2 build would ignore the journal, losing envelopes
+/// whose senders were told they were stored.
+const UPGRADES_FROM: &[u64] = &[1, 2];
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const MAILBOXES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("mailboxes");
@@ -60,6 +72,19 @@ pub(crate) const META_VERSION: &str = "schema_version";
 const META_ENVELOPES: &str = "envelopes";
 const META_BYTES: &str = "bytes";
 const META_MAILBOXES: &str = "mailboxes";
+const META_JOURNAL_ID: &str = "journal_id";
+const META_JOURNAL_SEQ: &str = "journal_seq";
+const META_JOURNAL_POS: &str = "journal_pos";
+const META_JOURNAL_CLEAN: &str = "journal_clean";
+
+/// How far the journal has been applied to this file (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct JournalMark {
+    pub id: [u8; 16],
+    pub seq: u64,
+    pub pos: u64,
+    pub clean: bool,
+}
 
 /// Store-wide counts, as kept in `meta`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -97,20 +122,66 @@ pub(crate) fn write_totals(
     Ok(())
 }
 
+pub(crate) fn write_mark(
+    meta: &mut Table<'_, &'static str, &'static [u8]>,
+    m: &JournalMark,
+) -> Result<(), StoreError> {
+    meta.insert(META_JOURNAL_ID, m.id.as_slice())?;
+    meta.insert(META_JOURNAL_SEQ, m.seq.to_be_bytes().as_slice())?;
+    meta.insert(META_JOURNAL_POS, m.pos.to_be_bytes().as_slice())?;
+    meta.insert(
+        META_JOURNAL_CLEAN,
+        u64::from(m.clean).to_be_bytes().as_slice(),
+    )?;
+    Ok(())
+}
+
+/// The mark, if this file has one (version 3 files always do once opened).
+pub(crate) fn read_mark(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<JournalMark>, StoreError> {
+    let Some(id) = meta.get(META_JOURNAL_ID)? else {
+        return Ok(None);
+    };
+    let id = <[u8; 16]>::try_from(id.value())
+        .map_err(|_| StoreError::corrupt("meta", "journal id is not 16 bytes"))?;
+    let num = |name: &str| -> Result<u64, StoreError> {
+        match meta.get(name)? {
+            Some(v) => read_u64(v.value()),
+            None => Err(StoreError::corrupt("meta", "journal mark is incomplete")),
+        }
+    };
+    Ok(Some(JournalMark {
+        id,
+        seq: num(META_JOURNAL_SEQ)?,
+        pos: num(META_JOURNAL_POS)?,
+        clean: num(META_JOURNAL_CLEAN)? != 0,
+    }))
+}
+
+/// What [`open`] found.
+pub(crate) struct Opened {
+    pub db: Database,
+    pub totals: Totals,
+    /// `None` for a new file or one upgraded from version 1 or 2.
+    pub mark: Option<JournalMark>,
+}
+
 /// Opens (or creates) the file, checks or writes the schema version, makes
-/// sure every table exists, and returns the totals kept in `meta`.
-pub(crate) fn open(path: &Path, quick_repair: bool) -> Result<(Database, Totals), StoreError> {
+/// sure every table exists, and returns the totals and journal mark kept in
+/// `meta`.
+pub(crate) fn open(path: &Path) -> Result<Opened, StoreError> {
     let db = Builder::new()
         .set_repair_callback(log_repair)
         .create(path)?;
     let mut txn = db.begin_write()?;
-    txn.set_quick_repair(quick_repair);
+    txn.set_quick_repair(true);
     let others = txn
         .list_tables()?
         .filter(|t| t.name() != META.name())
         .count();
     let mut upgraded = false;
-    let totals = {
+    let (totals, mark) = {
         let mut meta = txn.open_table(META)?;
         let found = match meta.get(META_VERSION)? {
             Some(v) => Some(read_u64(v.value())?),
@@ -144,7 +215,7 @@ pub(crate) fn open(path: &Path, quick_repair: bool) -> Result<(Database, Totals)
                 write_totals(&mut meta, &Totals::default())?;
             }
         }
-        read_totals(&meta)?
+        (read_totals(&meta)?, read_mark(&meta)?)
     };
     if others == TABLES && !upgraded {
         // Nothing to create. Committing anyway would replace the commit the
@@ -156,7 +227,7 @@ pub(crate) fn open(path: &Path, quick_repair: bool) -> Result<(Database, Totals)
         open_all(&txn)?;
         txn.commit()?;
     }
-    Ok((db, totals))
+    Ok(Opened { db, totals, mark })
 }
 
 /// Tables besides `meta` that [`open_all`] creates.

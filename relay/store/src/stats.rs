@@ -1,5 +1,8 @@
-//! Counters the writer publishes after each commit, for metrics and health
-//! checks that must not touch the database.
+//! Counters the writer and the applier publish, for metrics and health
+//! checks that must not touch the database. Each counter has one owner:
+//! envelope totals, group commits and the journal's fill belong to the
+//! writer (which decides them), mailbox totals and checkpoints to the
+//! applier (which makes them).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
@@ -8,17 +11,27 @@ use crate::schema::Totals;
 /// A snapshot of the store's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
-    /// Envelopes stored, as of the last commit.
+    /// Envelopes stored and not yet acknowledged or expired.
     pub envelopes: u64,
     /// Their ciphertext bytes.
     pub bytes: u64,
     pub mailboxes: u64,
-    /// Write transactions committed since open.
+    /// Group commits (journal syncs) since open.
     pub commits: u64,
-    /// Requests in the last committed batch.
+    /// Requests in the last group commit.
     pub last_batch_size: u64,
     /// Free disk was below the watermark at the last check.
     pub disk_low: bool,
+    /// Transactions that moved journaled batches into redb, since open.
+    pub checkpoints: u64,
+    /// Envelopes acknowledged before they reached redb, so never written
+    /// there, since open.
+    pub unwritten: u64,
+    /// Journal bytes not yet applied to redb.
+    pub journal_bytes: u64,
+    /// A journal or database write failed: the store takes no more writes
+    /// until the relay is restarted (recovery then replays the journal).
+    pub failed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -29,6 +42,10 @@ pub(crate) struct Counters {
     commits: AtomicU64,
     last_batch_size: AtomicU64,
     disk_low: AtomicBool,
+    checkpoints: AtomicU64,
+    unwritten: AtomicU64,
+    journal_bytes: AtomicU64,
+    failed: AtomicBool,
 }
 
 impl Counters {
@@ -38,18 +55,37 @@ impl Counters {
         c
     }
 
-    fn set_totals(&self, t: Totals) {
+    /// After recovery replayed the journal.
+    pub(crate) fn set_totals(&self, t: Totals) {
         self.envelopes.store(t.envelopes, Relaxed);
         self.bytes.store(t.bytes, Relaxed);
         self.mailboxes.store(t.mailboxes, Relaxed);
     }
 
-    pub(crate) fn committed(&self, t: Totals, batch: usize, disk_low: bool) {
-        self.set_totals(t);
+    /// The writer, after a group commit.
+    pub(crate) fn committed(&self, t: Totals, batch: usize, disk_low: bool, journal_bytes: u64) {
+        self.envelopes.store(t.envelopes, Relaxed);
+        self.bytes.store(t.bytes, Relaxed);
         self.commits.fetch_add(1, Relaxed);
         self.last_batch_size
             .store(u64::try_from(batch).unwrap_or(u64::MAX), Relaxed);
         self.disk_low.store(disk_low, Relaxed);
+        self.journal_bytes.store(journal_bytes, Relaxed);
+    }
+
+    /// The applier, after a checkpoint.
+    pub(crate) fn checkpointed(&self, mailboxes: u64, unwritten: u64) {
+        self.mailboxes.store(mailboxes, Relaxed);
+        self.checkpoints.fetch_add(1, Relaxed);
+        self.unwritten.fetch_add(unwritten, Relaxed);
+    }
+
+    pub(crate) fn fail(&self) {
+        self.failed.store(true, Relaxed);
+    }
+
+    pub(crate) fn is_failed(&self) -> bool {
+        self.failed.load(Relaxed)
     }
 
     pub(crate) fn snapshot(&self) -> StoreStats {
@@ -60,6 +96,10 @@ impl Counters {
             commits: self.commits.load(Relaxed),
             last_batch_size: self.last_batch_size.load(Relaxed),
             disk_low: self.disk_low.load(Relaxed),
+            checkpoints: self.checkpoints.load(Relaxed),
+            unwritten: self.unwritten.load(Relaxed),
+            journal_bytes: self.journal_bytes.load(Relaxed),
+            failed: self.failed.load(Relaxed),
         }
     }
 }

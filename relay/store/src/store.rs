@@ -1,6 +1,7 @@
 //! The [`Store`] handle: where callers meet the writer thread and the
-//! database.
+//! database, and where a store is opened and its journal recovered.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -13,19 +14,25 @@ use chappe_proto::{DeliveryToken, OwnerKey, ReceiveId, SendId, TokenDigest};
 use redb::Database;
 use tokio::sync::oneshot;
 
+use crate::applier::{Applier, Shared, Unit};
 use crate::clock::Clock;
 use crate::config::StoreConfig;
+use crate::disk::DiskGauge;
+use crate::effect;
 use crate::error::{RequestError, StoreError};
+use crate::journal::Journal;
+use crate::overlay::Overlay;
 use crate::reads::{self, CheckReport, FetchArgs};
 use crate::records::TokenList;
 use crate::request::{Enqueued, MailboxInfo, Msg, Op, Reply, Request, StoredEnvelope};
-use crate::schema;
+use crate::schema::{self, JournalMark};
 use crate::stats::{Counters, StoreStats};
 use crate::writer::Writer;
 
 /// A handle on an open store. Cloning is cheap; all clones share one
-/// database and one writer thread, which stops when the last clone is
-/// dropped (after committing what was queued) or on [`Store::shutdown`].
+/// database, one journal and their two threads, which stop when the last
+/// clone is dropped (after committing what was queued) or on
+/// [`Store::shutdown`].
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -35,21 +42,28 @@ struct Inner {
     db: Arc<Database>,
     tx: mpsc::Sender<Msg>,
     closing: AtomicBool,
-    counters: Arc<Counters>,
+    shared: Arc<Shared>,
     clock: Clock,
     writer: Option<JoinHandle<()>>,
+    applier: Option<JoinHandle<()>>,
 }
 
 impl Drop for Inner {
-    /// Waits for the writer to finish its queue, so that once the last
-    /// handle is gone the file is closed and can be opened again (redb
-    /// locks it). This blocks for at most the batches still queued.
+    /// Waits for the writer to finish its queue and the applier to put the
+    /// whole journal into redb, so that once the last handle is gone the
+    /// file is closed and can be opened again (redb locks it). This blocks
+    /// for at most the batches still queued and one redb commit.
     fn drop(&mut self) {
         drop(self.tx.send(Msg::Shutdown(None)));
-        if let Some(writer) = self.writer.take()
-            && writer.join().is_err()
-        {
-            tracing::error!("store writer thread panicked");
+        for (name, t) in [
+            ("writer", self.writer.take()),
+            ("applier", self.applier.take()),
+        ] {
+            if let Some(t) = t
+                && t.join().is_err()
+            {
+                tracing::error!("store {name} thread panicked");
+            }
         }
     }
 }
@@ -99,13 +113,63 @@ impl Store {
     }
 
     pub(crate) fn open_with_clock(cfg: StoreConfig, clock: Clock) -> Result<Store, StoreError> {
-        let (db, totals) = schema::open(&cfg.path, cfg.quick_repair)?;
+        let schema::Opened { db, totals, mark } = schema::open(&cfg.path)?;
         let db = Arc::new(db);
-        let counters = Arc::new(Counters::new(totals));
+        let Recovered {
+            journal,
+            mark,
+            units,
+            head,
+        } = recover(&cfg.journal_path(), cfg.journal_bytes, mark)?;
+        let replayed = units.len();
+        let shared = Arc::new(Shared::new(Counters::new(totals), &mark));
+        let mut applier = Applier::new(
+            db.clone(),
+            cfg.clone(),
+            shared.clone(),
+            totals,
+            mark,
+            journal.ring(),
+        );
+        let last_seq = units.last().map_or(mark.seq, |u| u.seq);
+        for unit in units {
+            applier.take(unit);
+        }
+        // Also records the mark for a journal created just now.
+        applier.commit_all()?;
+        shared.counters.set_totals(applier.totals());
+        if replayed > 0 {
+            tracing::warn!(
+                records = replayed,
+                "the store was not closed cleanly; replayed its journal"
+            );
+        }
+        let mut journal = journal;
+        journal.set_head(head);
+        let (applier_tx, applier_rx) = mpsc::channel();
+        let dir = match cfg.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => ".".into(),
+        };
+        let writer = Writer {
+            db: db.clone(),
+            disk: DiskGauge::new(dir, cfg.min_free_disk_bytes),
+            cfg,
+            clock: clock.clone(),
+            shared: shared.clone(),
+            journal,
+            overlay: Overlay::default(),
+            next_seq: last_seq.max(applier.mark().seq) + 1,
+            totals: applier.totals(),
+            applier: applier_tx,
+            failed: false,
+        };
+        let spawn = |name: &str| std::thread::Builder::new().name(name.into());
+        let applier = spawn("chappe-apply")
+            .spawn(move || applier.run(applier_rx))
+            .map_err(|e| StoreError::Spawn(Arc::new(e)))?;
         let (tx, rx) = mpsc::channel();
-        let writer = Writer::new(db.clone(), cfg, clock.clone(), counters.clone(), totals);
-        let writer = std::thread::Builder::new()
-            .name("chappe-store".into())
+        let writer = spawn("chappe-store")
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Spawn(Arc::new(e)))?;
         Ok(Store {
@@ -113,9 +177,10 @@ impl Store {
                 db,
                 tx,
                 closing: AtomicBool::new(false),
-                counters,
+                shared,
                 clock,
                 writer: Some(writer),
+                applier: Some(applier),
             }),
         })
     }
@@ -206,9 +271,17 @@ impl Store {
         }
     }
 
-    /// The mailboxes `owner` holds, in receive id order.
-    pub fn list_mailboxes(&self, owner: OwnerKey) -> Result<Vec<MailboxInfo>, StoreError> {
-        reads::list(&self.inner.db, &owner)
+    /// The mailboxes `owner` holds, in receive id order, with what each
+    /// holds as of now (the writer answers, so nothing just sent or
+    /// acknowledged is missed).
+    pub async fn list_mailboxes(&self, owner: OwnerKey) -> Result<Vec<MailboxInfo>, StoreError> {
+        self.submit(Op::List { owner }, Reply::List)
+            .wait()
+            .await
+            .map_err(|e| match e {
+                RequestError::Internal(e) => e,
+                _ => StoreError::WriterStopped,
+            })
     }
 
     /// Stores an envelope. `Ok` means it is on disk: the batch holding it
@@ -262,7 +335,7 @@ impl Store {
             max_bytes,
             now_hour: self.inner.clock.now_hour(),
         };
-        reads::fetch(&self.inner.db, &args)
+        reads::fetch(&self.inner.db, &self.inner.shared.memtable, &args)
     }
 
     /// Deletes the given envelopes (at most 1024). Unknown or already
@@ -285,35 +358,54 @@ impl Store {
 
     /// Counters as of the last commit; no database access.
     pub fn stats(&self) -> StoreStats {
-        self.inner.counters.snapshot()
+        self.inner.shared.counters.snapshot()
     }
 
-    /// Deletes every expired envelope now and returns how many. The writer
+    /// Removes every expired envelope now and returns how many. The writer
     /// also does this by itself every minute, in slices.
     pub async fn sweep_expired(&self) -> Result<u64, StoreError> {
-        if self.inner.closing.load(Ordering::Acquire) {
-            return Err(StoreError::WriterStopped);
+        let mut total = 0;
+        loop {
+            if self.inner.closing.load(Ordering::Acquire) {
+                return Err(StoreError::WriterStopped);
+            }
+            let (tx, rx) = oneshot::channel();
+            let msg = Msg::Request(Request {
+                op: Op::Sweep,
+                reply: Reply::Swept(tx),
+            });
+            if self.inner.tx.send(msg).is_err() {
+                return Err(StoreError::WriterStopped);
+            }
+            match rx.await.unwrap_or(Err(StoreError::WriterStopped))? {
+                0 => return Ok(total),
+                n => total += n,
+            }
         }
-        let (tx, rx) = oneshot::channel();
-        let msg = Msg::Request(Request {
-            op: Op::Sweep,
-            reply: Reply::Swept(tx),
-        });
-        if self.inner.tx.send(msg).is_err() {
-            return Err(StoreError::WriterStopped);
-        }
-        rx.await.unwrap_or(Err(StoreError::WriterStopped))
     }
 
-    /// Recounts the whole store and cross-checks its indexes, in one read
-    /// snapshot. For the offline check command and tests; reads everything.
-    pub fn check(&self) -> Result<CheckReport, StoreError> {
+    /// Waits until everything queued before this call is in redb itself,
+    /// not only in the journal. Listings then count it, and a copy of the
+    /// redb file alone holds it.
+    pub async fn flush(&self) -> Result<(), RequestError> {
+        self.submit(Op::Flush, Reply::Unit).wait().await
+    }
+
+    /// Puts everything journaled into redb, then recounts the whole store
+    /// and cross-checks its indexes, in one read snapshot. For tests and
+    /// audits; reads everything.
+    pub async fn check(&self) -> Result<CheckReport, StoreError> {
+        self.flush().await.map_err(|e| match e {
+            RequestError::Internal(e) => e,
+            _ => StoreError::WriterStopped,
+        })?;
         reads::check(&self.inner.db)
     }
 
     /// Stops taking requests, lets the writer commit and answer everything
-    /// queued before, then stops it. Later requests get `ShuttingDown`;
-    /// reads keep working until the last handle is dropped.
+    /// queued before and the applier put it all into redb, then stops both.
+    /// Later requests get `ShuttingDown`; reads keep working until the last
+    /// handle is dropped.
     pub async fn shutdown(&self) {
         self.inner.closing.store(true, Ordering::Release);
         let (tx, rx) = oneshot::channel();
@@ -337,8 +429,111 @@ impl Store {
         &self.inner.db
     }
 
+    /// Tests: stops the writer and the applier as a kill would, without
+    /// applying what is journaled; drop the store afterwards and open it
+    /// again to recover.
+    #[cfg(test)]
+    pub(crate) fn crash(&self) {
+        self.inner.closing.store(true, Ordering::Release);
+        drop(self.inner.tx.send(Msg::Crash));
+    }
+
+    /// Tests: slots in the memtable.
+    #[cfg(test)]
+    pub(crate) fn memtable_len(&self) -> usize {
+        self.inner.shared.memtable.len()
+    }
+
     #[cfg(test)]
     pub(crate) fn is_closing(&self) -> bool {
         self.inner.closing.load(Ordering::Acquire)
     }
+}
+
+/// The journal as recovery found it.
+struct Recovered {
+    journal: Journal,
+    /// The mark, with this journal's id.
+    mark: JournalMark,
+    /// Records newer than the mark, to apply before serving.
+    units: Vec<Unit>,
+    /// Where the writer continues.
+    head: u64,
+}
+
+/// Opens the store's journal and reads what it holds beyond `mark`, or
+/// creates a journal if there is none.
+fn recover(path: &Path, ring: u64, mark: Option<JournalMark>) -> Result<Recovered, StoreError> {
+    let existing = Journal::open(path)?;
+    let fresh = |seq: u64| -> Result<Recovered, StoreError> {
+        let journal = Journal::create(path, ring)?;
+        Ok(Recovered {
+            mark: JournalMark {
+                id: journal.id(),
+                seq,
+                pos: 0,
+                clean: false,
+            },
+            journal,
+            units: Vec::new(),
+            head: 0,
+        })
+    };
+    let (mark, journal) = match (mark, existing) {
+        (None, existing) => {
+            if existing.is_some() {
+                tracing::warn!(
+                    path = %path.display(),
+                    "replacing a journal that no store refers to"
+                );
+            }
+            return fresh(0);
+        }
+        (Some(m), None) => {
+            if !m.clean {
+                tracing::warn!(
+                    path = %path.display(),
+                    "the journal is missing and the store was not shut down cleanly: envelopes \
+                     accepted in the last moments before the stop are lost; starting a new journal"
+                );
+            }
+            return fresh(m.seq);
+        }
+        (Some(m), Some(j)) if j.id() != m.id => {
+            return Err(StoreError::JournalMismatch {
+                path: path.to_owned(),
+            });
+        }
+        (Some(m), Some(j)) => (m, j),
+    };
+    if journal.ring() != ring {
+        tracing::info!(
+            size = journal.ring(),
+            configured = ring,
+            "the journal keeps the size it was created with; a new size applies to a new journal"
+        );
+    }
+    let mut scan = journal.scan(mark.pos, mark.seq);
+    let mut units = Vec::new();
+    for rec in scan.by_ref() {
+        let rec = rec.map_err(|e| StoreError::journal_io(path, e))?;
+        let effects = effect::decode(&rec.payload).map_err(|e| StoreError::JournalRecord {
+            path: path.to_owned(),
+            seq: rec.seq,
+            detail: e.to_string(),
+        })?;
+        units.push(Unit {
+            seq: rec.seq,
+            end: rec.end,
+            effects,
+        });
+    }
+    let head = scan.position();
+    drop(scan);
+    Ok(Recovered {
+        journal,
+        mark,
+        units,
+        head,
+    })
 }

@@ -156,7 +156,7 @@ impl Owner<'_> {
                 let r = store.set_tokens(self.key, mailbox, tokens).await;
                 self.result(req, r).await;
             }
-            Frame::ListMailboxes { req } => match store.list_mailboxes(self.key) {
+            Frame::ListMailboxes { req } => match store.list_mailboxes(self.key).await {
                 Ok(list) => {
                     self.count(ResultCode::Ok);
                     let entries = list

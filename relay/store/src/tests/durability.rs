@@ -47,14 +47,14 @@ async fn survives_close_and_reopen() {
         .unwrap();
     assert_eq!(e.seq, 4);
     assert_eq!(
-        store.list_mailboxes(m.owner).unwrap(),
+        store.list_mailboxes(m.owner).await.unwrap(),
         vec![crate::MailboxInfo {
             envelopes: 3,
             bytes: 7168,
             ..m.info
         }]
     );
-    let report = store.check().unwrap();
+    let report = store.check().await.unwrap();
     assert!(report.is_consistent(), "{report:#?}");
 }
 
@@ -161,7 +161,7 @@ async fn version_1_store_is_upgraded_in_place() {
         .unwrap();
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].ciphertext, big);
-    let report = store.check().unwrap();
+    let report = store.check().await.unwrap();
     assert!(report.is_consistent(), "{report:#?}");
     {
         let txn = store.db().begin_read().unwrap();
@@ -182,7 +182,7 @@ async fn version_1_store_is_upgraded_in_place() {
         .await
         .unwrap();
     assert_eq!(store.stats().bytes, 1024);
-    assert!(store.check().unwrap().is_consistent());
+    assert!(store.check().await.unwrap().is_consistent());
 }
 
 #[test]
@@ -220,7 +220,7 @@ async fn corrupt_record_is_an_error_not_a_panic() {
     }
     let store = reopen(&dir).unwrap();
     assert!(matches!(
-        store.list_mailboxes(bad.owner),
+        store.list_mailboxes(bad.owner).await,
         Err(StoreError::Corrupt {
             table: "mailboxes",
             ..
@@ -245,7 +245,7 @@ async fn corrupt_record_is_an_error_not_a_panic() {
     to_good.wait().await.unwrap();
     assert_eq!(store.stats().last_batch_size, 3);
 
-    let report = store.check().unwrap();
+    let report = store.check().await.unwrap();
     assert!(!report.is_consistent());
     assert!(
         report.problems.iter().any(|p| p.contains("corrupt")),

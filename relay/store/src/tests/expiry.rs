@@ -37,8 +37,8 @@ async fn expired_envelopes_are_hidden_then_swept() {
     assert_eq!(f.store.sweep_expired().await.unwrap(), 1);
     let s = f.store.stats();
     assert_eq!((s.envelopes, s.bytes), (1, 2048));
-    assert_eq!(f.store.list_mailboxes(owner).unwrap()[0].envelopes, 1);
-    f.assert_consistent();
+    assert_eq!(f.store.list_mailboxes(owner).await.unwrap()[0].envelopes, 1);
+    f.assert_consistent().await;
 
     f.advance_hours(1);
     assert!(seqs(&f).is_empty());
@@ -48,7 +48,7 @@ async fn expired_envelopes_are_hidden_then_swept() {
     assert_eq!((s.envelopes, s.bytes), (0, 0));
     // Acking something the sweep already took is fine.
     f.store.ack(owner, id, vec![1, 2]).await.unwrap();
-    f.assert_consistent();
+    f.assert_consistent().await;
 }
 
 #[tokio::test]
@@ -84,5 +84,5 @@ async fn sweep_leaves_unexpired_and_other_mailboxes_alone() {
             .len(),
         1
     );
-    f.assert_consistent();
+    f.assert_consistent().await;
 }

@@ -13,14 +13,15 @@ async fn create_list_delete() {
     }
     let theirs = mailbox(&f.store, b).await;
 
-    let mut listed = f.store.list_mailboxes(a).unwrap();
+    let mut listed = f.store.list_mailboxes(a).await.unwrap();
     let mut want: Vec<_> = mine.iter().map(|m| m.info).collect();
     want.sort_by_key(|i| i.receive_id);
     assert_eq!(listed, want);
-    assert_eq!(f.store.list_mailboxes(b).unwrap(), vec![theirs.info]);
+    assert_eq!(f.store.list_mailboxes(b).await.unwrap(), vec![theirs.info]);
     assert!(
         f.store
             .list_mailboxes(OwnerKey::random())
+            .await
             .unwrap()
             .is_empty()
     );
@@ -36,7 +37,7 @@ async fn create_list_delete() {
         .delete_mailbox(a, gone.info.receive_id)
         .await
         .unwrap();
-    listed = f.store.list_mailboxes(a).unwrap();
+    listed = f.store.list_mailboxes(a).await.unwrap();
     assert_eq!(listed.len(), 2);
     assert!(listed.iter().all(|i| i.receive_id != gone.info.receive_id));
     assert_eq!(f.store.stats().mailboxes, 3);
@@ -49,7 +50,7 @@ async fn create_list_delete() {
         .enqueue(gone.info.send_id, gone.token, ct(1024))
         .await;
     assert_eq!(send.unwrap_err().code(), ResultCode::UnknownMailbox);
-    f.assert_consistent();
+    f.assert_consistent().await;
 }
 
 #[tokio::test]
@@ -124,7 +125,7 @@ async fn mailboxes_per_owner_are_capped() {
         .await
         .unwrap();
     f.store.create_mailbox(owner, t).await.unwrap();
-    f.assert_consistent();
+    f.assert_consistent().await;
 }
 
 #[tokio::test]
@@ -153,5 +154,8 @@ async fn token_rotation() {
     let as_token = DeliveryToken(new.digest().0);
     let e = f.store.enqueue(send, as_token, ct(1024)).await.unwrap_err();
     assert_eq!(e.code(), ResultCode::BadToken);
-    assert_eq!(f.store.list_mailboxes(m.owner).unwrap()[0].envelopes, 3);
+    assert_eq!(
+        f.store.list_mailboxes(m.owner).await.unwrap()[0].envelopes,
+        3
+    );
 }

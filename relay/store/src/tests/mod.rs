@@ -13,6 +13,7 @@ use crate::{MailboxInfo, Store, StoreConfig};
 mod durability;
 mod enqueue;
 mod expiry;
+mod journal;
 mod mailbox;
 mod prop;
 
@@ -39,8 +40,8 @@ impl Fixture {
         self.clock.fetch_add(h * 3600, Ordering::Relaxed);
     }
 
-    pub(crate) fn assert_consistent(&self) {
-        let report = self.store.check().unwrap();
+    pub(crate) async fn assert_consistent(&self) {
+        let report = self.store.check().await.unwrap();
         assert!(report.is_consistent(), "{report:#?}");
         let s = self.store.stats();
         assert_eq!(
@@ -58,6 +59,9 @@ pub(crate) fn config(dir: &TempDir) -> StoreConfig {
     let mut cfg = StoreConfig::new(dir.path().join("store.redb"));
     // Test machines may have little free disk; the watermark has its own test.
     cfg.min_free_disk_bytes = 0;
+    // The smallest journal: tests create many stores, and a small ring
+    // makes the applier and the wrap-around work hard.
+    cfg.journal_bytes = 1 << 20;
     cfg
 }
 

@@ -114,7 +114,7 @@ async fn run(steps: Vec<Step>) {
             }
         }
     }
-    f.assert_consistent();
+    f.assert_consistent().await;
 }
 
 proptest! {
@@ -259,7 +259,7 @@ async fn run_batches(batches: Vec<Vec<Req>>) {
         for p in pending {
             p.await;
         }
-        f.assert_consistent();
+        f.assert_consistent().await;
     }
     for m in &models {
         let got = f
