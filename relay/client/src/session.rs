@@ -1,6 +1,9 @@
-//! Sessions with a relay: the Noise handshake on the first stream, then a
-//! background task that routes the relay's frames to whoever waits for them
-//! (a request's answer by its id, deliveries to a queue).
+//! Sessions with a relay: the Noise handshake on the first stream, then two
+//! background tasks: one routes the relay's frames to whoever waits for
+//! them (a request's answer by its id, deliveries to a queue), the other
+//! owns the stream's send half and writes every frame already queued in
+//! one stream write, so that many requests in flight cost one write (and
+//! one wake-up of the connection's driver) instead of one each.
 //!
 //! [`OwnerSession`] is the mailbox owner (Noise XK, authenticated by the
 //! owner's static key); [`Sender`] is the anonymous sender (Noise NK, no
@@ -28,6 +31,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Deliveries buffered before the reader stops reading (and QUIC flow
 /// control slows the relay down).
 const DELIVERY_QUEUE: usize = 1024;
+/// Frames queued for the writer before senders wait.
+const OUTBOX: usize = 256;
+/// Frames written per stream write, at most.
+const WRITE_BATCH: usize = 64;
 
 /// An envelope pushed by the relay to its mailbox owner.
 #[derive(Clone, Debug)]
@@ -39,13 +46,57 @@ pub struct Delivery {
 
 type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Frame>>>>;
 
+/// What the writer task is asked to do.
+enum Out {
+    Frame(Frame),
+    /// Write what is queued, then finish the stream.
+    Finish,
+}
+
 /// The part both session kinds share.
 struct Link {
     _endpoint: quinn::Endpoint,
     conn: quinn::Connection,
-    send: tokio::sync::Mutex<quinn::SendStream>,
+    out: mpsc::Sender<Out>,
+    writer: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     pending: Pending,
     next_req: AtomicU32,
+}
+
+/// Writes queued frames, as many per stream write as are queued, until the
+/// stream fails or is finished.
+async fn writer(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Out>) {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        let mut finish = false;
+        let mut frames = 0;
+        while let Some(out) = next.take() {
+            match out {
+                Out::Frame(f) => {
+                    let (head, tail) = f.encode_parts();
+                    chunks.push(head);
+                    chunks.extend(tail);
+                    frames += 1;
+                }
+                Out::Finish => {
+                    finish = true;
+                    break;
+                }
+            }
+            if frames < WRITE_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !chunks.is_empty() && send.write_all_chunks(&mut chunks).await.is_err() {
+            return;
+        }
+        chunks.clear();
+        if finish {
+            let _ = send.finish();
+            return;
+        }
+    }
 }
 
 async fn read_until<T>(
@@ -123,28 +174,24 @@ impl Link {
         }
         let pending: Pending = Arc::default();
         tokio::spawn(reader(recv, inbound, pending.clone(), deliveries));
+        let (out, rx) = mpsc::channel(OUTBOX);
+        let writer = tokio::spawn(writer(send, rx));
         Ok(Link {
             _endpoint: endpoint,
             conn,
-            send: tokio::sync::Mutex::new(send),
+            out,
+            writer: tokio::sync::Mutex::new(Some(writer)),
             pending,
             next_req: AtomicU32::new(1),
         })
     }
 
-    async fn write(&self, frame: &Frame) -> Result<(), ClientError> {
-        let (head, tail) = frame.encode_parts();
-        let mut chunks = match tail {
-            Some(t) => vec![head, t],
-            None => vec![head],
-        };
-        let mut send = self.send.lock().await;
-        send.write_all_chunks(&mut chunks)
+    /// Queues a frame for the writer task; an error once the stream failed.
+    async fn write(&self, frame: Frame) -> Result<(), ClientError> {
+        self.out
+            .send(Out::Frame(frame))
             .await
-            .map_err(|e| match close_code(&self.conn) {
-                Some(c) => ClientError::Closed(Some(c)),
-                None => e.into(),
-            })
+            .map_err(|_| ClientError::Closed(close_code(&self.conn)))
     }
 
     async fn request(&self, build: impl FnOnce(u32) -> Frame) -> Result<Frame, ClientError> {
@@ -153,13 +200,19 @@ impl Link {
         if let Ok(mut p) = self.pending.lock() {
             p.insert(req, tx);
         }
-        self.write(&build(req)).await?;
+        self.write(build(req)).await?;
         rx.await
             .map_err(|_| ClientError::Closed(close_code(&self.conn)))
     }
 
+    /// Hands what is queued to QUIC and finishes the stream, then closes
+    /// the connection.
     async fn close(&self) {
-        if let Ok(()) = self.send.lock().await.finish() {}
+        if self.out.send(Out::Finish).await.is_ok()
+            && let Some(w) = self.writer.lock().await.take()
+        {
+            let _ = w.await;
+        }
         self.conn.close(
             CloseCode::Normal.to_u32().into(),
             CloseCode::Normal.reason().as_bytes(),
@@ -323,11 +376,17 @@ impl OwnerSession {
         self.deliveries.recv().await
     }
 
+    /// A delivery that has already arrived, without waiting: for draining
+    /// a burst after [`OwnerSession::next_delivery`] returned one.
+    pub fn try_next_delivery(&mut self) -> Option<Delivery> {
+        self.deliveries.try_recv().ok()
+    }
+
     /// Tells the relay these envelopes are safe here; it deletes them.
     pub async fn ack(&self, mailbox: ReceiveId, seqs: Vec<u64>) -> Result<(), ClientError> {
         for chunk in seqs.chunks(MAX_LIST) {
             self.link
-                .write(&Frame::Ack {
+                .write(Frame::Ack {
                     mailbox,
                     seqs: chunk.to_vec(),
                 })
