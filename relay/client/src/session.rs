@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use chappe_proto::descriptor::Descriptor;
-use chappe_proto::frame::{Frame, MAX_LIST, MAX_TOKENS, MailboxEntry};
+use chappe_proto::frame::{Batch, Frame, MAX_LIST, MAX_TOKENS, MailboxEntry};
 use chappe_proto::inbound::Inbound;
 use chappe_proto::noise::{
     EXPORTER_LABEL, EXPORTER_LEN, Hello, Keypair, Mode, OwnerInitiator, SenderInitiator, wire,
@@ -66,32 +66,26 @@ struct Link {
 /// Writes queued frames, as many per stream write as are queued, until the
 /// stream fails or is finished.
 async fn writer(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Out>) {
-    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut batch = Batch::default();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         let mut finish = false;
-        let mut frames = 0;
         while let Some(out) = next.take() {
             match out {
-                Out::Frame(f) => {
-                    let (head, tail) = f.encode_parts();
-                    chunks.push(head);
-                    chunks.extend(tail);
-                    frames += 1;
-                }
+                Out::Frame(f) => batch.push(&f),
                 Out::Finish => {
                     finish = true;
                     break;
                 }
             }
-            if frames < WRITE_BATCH {
+            if batch.frames() < WRITE_BATCH {
                 next = rx.try_recv().ok();
             }
         }
-        if !chunks.is_empty() && send.write_all_chunks(&mut chunks).await.is_err() {
+        if batch.frames() > 0 && send.write_all_chunks(batch.chunks()).await.is_err() {
             return;
         }
-        chunks.clear();
+        batch.clear();
         if finish {
             let _ = send.finish();
             return;

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub store_bytes: IntGauge,
     pub store_mailboxes: IntGauge,
     pub store_commits_total: IntCounter,
+    pub store_checkpoints_total: IntCounter,
+    pub store_unwritten_envelopes_total: IntCounter,
+    pub store_journal_bytes: IntGauge,
+    pub store_failed: IntGauge,
     pub ready: IntGauge,
 }
 
@@ -119,7 +123,35 @@ impl Metrics {
                 &r,
                 IntCounter::new(
                     "store_commits_total",
-                    "Durable store commits (group commits).",
+                    "Group commits: journal syncs that made sends durable.",
+                )?,
+            )?,
+            store_checkpoints_total: reg(
+                &r,
+                IntCounter::new(
+                    "store_checkpoints_total",
+                    "Transactions that moved journaled changes into the store file.",
+                )?,
+            )?,
+            store_unwritten_envelopes_total: reg(
+                &r,
+                IntCounter::new(
+                    "store_unwritten_envelopes_total",
+                    "Envelopes acknowledged before they reached the store file, so never written there.",
+                )?,
+            )?,
+            store_journal_bytes: reg(
+                &r,
+                IntGauge::new(
+                    "store_journal_bytes",
+                    "Journal bytes not yet moved into the store file.",
+                )?,
+            )?,
+            store_failed: reg(
+                &r,
+                IntGauge::new(
+                    "store_failed",
+                    "1 after a failed disk write: the store takes no writes until a restart.",
                 )?,
             )?,
             ready: reg(

@@ -64,9 +64,15 @@ impl Relay {
         self.metrics.store_envelopes.set(clamp(s.envelopes));
         self.metrics.store_bytes.set(clamp(s.bytes));
         self.metrics.store_mailboxes.set(clamp(s.mailboxes));
-        let seen = self.metrics.store_commits_total.get();
-        self.metrics
-            .store_commits_total
-            .inc_by(s.commits.saturating_sub(seen));
+        let m = &self.metrics;
+        for (counter, now) in [
+            (&m.store_commits_total, s.commits),
+            (&m.store_checkpoints_total, s.checkpoints),
+            (&m.store_unwritten_envelopes_total, s.unwritten),
+        ] {
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
+        m.store_journal_bytes.set(clamp(s.journal_bytes));
+        m.store_failed.set(i64::from(s.failed));
     }
 }

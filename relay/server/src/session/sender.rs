@@ -18,12 +18,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chappe_proto::ResultCode;
 use chappe_proto::envelope::check_len;
-use chappe_proto::frame::Frame;
+use chappe_proto::frame::{Batch, Frame};
 use chappe_store::{Enqueued, Pending};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::SessionError;
-use super::stream::{FrameReader, finish, push_parts};
+use super::stream::{FrameReader, finish};
 use crate::relay::Relay;
 use crate::router::Push;
 
@@ -166,7 +166,7 @@ async fn answer(
     mut send: quinn::SendStream,
     mut queue: mpsc::UnboundedReceiver<Box<Queued>>,
 ) {
-    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut batch = Batch::default();
     // A send taken off the queue whose answer had not come yet.
     let mut held: Option<Box<Queued>> = None;
     loop {
@@ -177,21 +177,21 @@ async fn answer(
                 None => break,
             },
         };
-        push_parts(&mut chunks, &oldest.wait(&relay).await);
+        batch.push(&oldest.wait(&relay).await);
         // Everything behind it that is already answered goes in the same write.
         while let Ok(next) = queue.try_recv() {
             match next.try_frame(&relay) {
-                Ok(frame) => push_parts(&mut chunks, &frame),
+                Ok(frame) => batch.push(&frame),
                 Err(next) => {
                     held = Some(Box::new(next));
                     break;
                 }
             }
         }
-        if send.write_all_chunks(&mut chunks).await.is_err() {
+        if send.write_all_chunks(batch.chunks()).await.is_err() {
             return;
         }
-        chunks.clear();
+        batch.clear();
     }
     finish(send).await;
 }

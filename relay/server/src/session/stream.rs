@@ -2,7 +2,7 @@
 //! writer task that owns its send half.
 
 use bytes::Bytes;
-use chappe_proto::frame::Frame;
+use chappe_proto::frame::{Batch, Frame};
 use chappe_proto::inbound::Inbound;
 use chappe_proto::noise::wire;
 use quinn::{RecvStream, SendStream};
@@ -118,21 +118,22 @@ const WRITE_BATCH: usize = 64;
 pub fn spawn_writer(mut send: SendStream) -> (Outbox, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Box<Frame>>(OUTBOX_DEPTH);
     let task = tokio::spawn(async move {
-        // Grown on first use: most sessions are idle, and an idle one
-        // should cost as little as a bare QUIC connection.
-        let mut chunks: Vec<Bytes> = Vec::new();
+        // Grown on first use and let go after each write: most sessions are
+        // idle, and an idle one should cost as little as a bare QUIC
+        // connection.
+        let mut batch = Batch::default();
         while let Some(first) = rx.recv().await {
-            push_parts(&mut chunks, &first);
-            while chunks.len() < WRITE_BATCH * 2 {
+            batch.push(&first);
+            while batch.frames() < WRITE_BATCH {
                 match rx.try_recv() {
-                    Ok(f) => push_parts(&mut chunks, &f),
+                    Ok(f) => batch.push(&f),
                     Err(_) => break,
                 }
             }
-            if send.write_all_chunks(&mut chunks).await.is_err() {
+            if send.write_all_chunks(batch.chunks()).await.is_err() {
                 return;
             }
-            chunks.clear();
+            batch.clear();
         }
         finish(send).await;
     });
@@ -144,13 +145,5 @@ pub fn spawn_writer(mut send: SendStream) -> (Outbox, tokio::task::JoinHandle<()
 pub async fn finish(mut send: SendStream) {
     if send.finish().is_ok() {
         let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.stopped()).await;
-    }
-}
-
-pub fn push_parts(chunks: &mut Vec<Bytes>, f: &Frame) {
-    let (head, tail) = f.encode_parts();
-    chunks.push(head);
-    if let Some(t) = tail {
-        chunks.push(t);
     }
 }
