@@ -22,8 +22,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -42,8 +41,44 @@ use crate::schema::{JournalMark, Totals};
 use crate::stats::Counters;
 
 /// How long an envelope waits in the window for its acknowledgement
-/// before it is written to redb.
+/// before it is written to redb (between `HOLD / 2` and `HOLD`: the oldest
+/// unit's age triggers a commit of everything at least half as old, so
+/// commits come at most every `HOLD / 2` whatever the rate).
 pub(crate) const HOLD: Duration = Duration::from_millis(200);
+
+/// Messages for the applier. Units do not wake it: it collects them when it
+/// wakes on its own (at most `HOLD / 2` later), which spares a thread
+/// wake-up per group commit. Everything else rings.
+pub(crate) struct Inbox {
+    queue: Mutex<VecDeque<ToApplier>>,
+    bell: Condvar,
+}
+
+impl Inbox {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<ToApplier>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a message; `ring` wakes the applier now.
+    pub(crate) fn send(&self, msg: ToApplier, ring: bool) {
+        self.lock().push_back(msg);
+        if ring {
+            self.bell.notify_one();
+        }
+    }
+
+    /// Everything queued, waiting at most `limit` if nothing is.
+    fn take(&self, limit: Duration) -> VecDeque<ToApplier> {
+        let mut q = self.lock();
+        if q.is_empty() {
+            q = match self.bell.wait_timeout(q, limit) {
+                Ok((q, _)) => q,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        std::mem::take(&mut *q)
+    }
+}
 
 /// What the writer and the applier share.
 pub(crate) struct Shared {
@@ -55,6 +90,7 @@ pub(crate) struct Shared {
     applied_pos: AtomicU64,
     /// Rung after every commit, for a writer waiting for journal room.
     room: (Mutex<()>, Condvar),
+    pub inbox: Inbox,
 }
 
 impl Shared {
@@ -65,6 +101,10 @@ impl Shared {
             applied_seq: AtomicU64::new(mark.seq),
             applied_pos: AtomicU64::new(mark.pos),
             room: (Mutex::new(()), Condvar::new()),
+            inbox: Inbox {
+                queue: Mutex::new(VecDeque::new()),
+                bell: Condvar::new(),
+            },
         }
     }
 
@@ -291,39 +331,30 @@ impl Applier {
         false
     }
 
-    /// Runs until shutdown or until the writer is gone.
-    pub(crate) fn run(mut self, rx: Receiver<ToApplier>) {
+    /// Runs until shutdown.
+    pub(crate) fn run(mut self) {
         loop {
             let wait = match self.window.front() {
                 Some(u) => (u.arrived + HOLD).saturating_duration_since(Instant::now()),
-                None => Duration::from_secs(3600),
+                None => HOLD,
             };
             let mut all = false;
             let mut stop = None;
-            match rx.recv_timeout(wait) {
-                Ok(msg) => {
-                    let mut next = Some(msg);
-                    // Everything already queued counts as arrived together.
-                    while let Some(msg) = next.take() {
-                        match msg {
-                            ToApplier::Unit(u) => self.take(u),
-                            ToApplier::Barrier(b) => {
-                                self.barriers.push(b);
-                                all = true;
-                            }
-                            ToApplier::MakeRoom => all = true,
-                            ToApplier::Shutdown(done) => {
-                                stop = Some(done);
-                                break;
-                            }
-                            #[cfg(test)]
-                            ToApplier::Crash => return,
-                        }
-                        next = rx.try_recv().ok();
+            for msg in self.shared.inbox.take(wait) {
+                match msg {
+                    ToApplier::Unit(u) => self.take(u),
+                    ToApplier::Barrier(b) => {
+                        self.barriers.push(b);
+                        all = true;
                     }
+                    ToApplier::MakeRoom => all = true,
+                    ToApplier::Shutdown(done) => {
+                        stop = Some(done);
+                        break;
+                    }
+                    #[cfg(test)]
+                    ToApplier::Crash => return,
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => stop = Some(None),
             }
             if let Some(done) = stop {
                 self.apply(self.window.len(), true);
@@ -340,15 +371,23 @@ impl Applier {
         tracing::debug!("store applier stopped");
     }
 
-    /// How many units to apply now: those older than `HOLD`, and then more
-    /// while the window holds more journal than `high` (down to `low`).
+    /// How many units to apply now: once the oldest is `HOLD` old, all
+    /// those at least `HOLD / 2` old; and then more while the window holds
+    /// more journal than `high` (down to `low`).
     fn due(&self) -> usize {
         let now = Instant::now();
-        let mut n = self
+        let ripe = self
             .window
-            .iter()
-            .take_while(|u| now.duration_since(u.arrived) >= HOLD)
-            .count();
+            .front()
+            .is_some_and(|u| now.duration_since(u.arrived) >= HOLD);
+        let mut n = if ripe {
+            self.window
+                .iter()
+                .take_while(|u| now.duration_since(u.arrived) >= HOLD / 2)
+                .count()
+        } else {
+            0
+        };
         let total = self.window_bytes();
         if total > self.high {
             while let Some(u) = self.window.get(n) {

@@ -55,15 +55,19 @@ impl Drop for Inner {
     /// for at most the batches still queued and one redb commit.
     fn drop(&mut self) {
         drop(self.tx.send(Msg::Shutdown(None)));
-        for (name, t) in [
-            ("writer", self.writer.take()),
-            ("applier", self.applier.take()),
-        ] {
-            if let Some(t) = t
-                && t.join().is_err()
-            {
-                tracing::error!("store {name} thread panicked");
-            }
+        if let Some(t) = self.writer.take()
+            && t.join().is_err()
+        {
+            tracing::error!("store writer thread panicked");
+            // The writer passes the shutdown on; a dead one cannot.
+            self.shared
+                .inbox
+                .send(crate::applier::ToApplier::Shutdown(None), true);
+        }
+        if let Some(t) = self.applier.take()
+            && t.join().is_err()
+        {
+            tracing::error!("store applier thread panicked");
         }
     }
 }
@@ -146,7 +150,6 @@ impl Store {
         }
         let mut journal = journal;
         journal.set_head(head);
-        let (applier_tx, applier_rx) = mpsc::channel();
         let dir = match cfg.path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => ".".into(),
@@ -161,12 +164,11 @@ impl Store {
             overlay: Overlay::default(),
             next_seq: last_seq.max(applier.mark().seq) + 1,
             totals: applier.totals(),
-            applier: applier_tx,
             failed: false,
         };
         let spawn = |name: &str| std::thread::Builder::new().name(name.into());
         let applier = spawn("chappe-apply")
-            .spawn(move || applier.run(applier_rx))
+            .spawn(move || applier.run())
             .map_err(|e| StoreError::Spawn(Arc::new(e)))?;
         let (tx, rx) = mpsc::channel();
         let writer = spawn("chappe-store")

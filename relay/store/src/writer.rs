@@ -21,7 +21,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -67,7 +67,6 @@ pub(crate) struct Writer {
     /// Envelope totals as the writer has decided them (`mailboxes` is the
     /// applier's).
     pub totals: Totals,
-    pub applier: Sender<ToApplier>,
     pub failed: bool,
 }
 
@@ -156,12 +155,12 @@ impl Writer {
                 After::Hold(gate) => drop(gate.recv()),
                 #[cfg(test)]
                 After::Crash => {
-                    let _ = self.applier.send(ToApplier::Crash);
+                    self.shared.inbox.send(ToApplier::Crash, true);
                     return;
                 }
             }
         };
-        let _ = self.applier.send(ToApplier::Shutdown(stop));
+        self.shared.inbox.send(ToApplier::Shutdown(stop), true);
         tracing::debug!("store writer stopped");
     }
 
@@ -221,11 +220,7 @@ impl Writer {
             return 0;
         }
         for barrier in d.barriers {
-            if let Err(e) = self.applier.send(ToApplier::Barrier(barrier))
-                && let ToApplier::Barrier(b) = e.0
-            {
-                b.reply.refuse(RequestError::ShuttingDown);
-            }
+            self.shared.inbox.send(ToApplier::Barrier(barrier), true);
         }
         let used = self
             .journal
@@ -256,7 +251,7 @@ impl Writer {
             }
             if !asked {
                 tracing::debug!("journal full; waiting for the applier");
-                let _ = self.applier.send(ToApplier::MakeRoom);
+                self.shared.inbox.send(ToApplier::MakeRoom, true);
                 asked = true;
             }
             self.shared.wait_for_room(Duration::from_millis(50));
@@ -271,9 +266,11 @@ impl Writer {
             end: appended.end,
             effects: std::mem::take(&mut d.effects),
         };
-        if self.applier.send(ToApplier::Unit(unit)).is_err() {
-            return Err(StoreError::WriterStopped);
-        }
+        // Quiet unless a quarter of the ring waits: the applier then has
+        // to catch up before the writer runs out of room.
+        let behind =
+            appended.end.saturating_sub(self.shared.applied_pos()) > self.journal.ring() / 4;
+        self.shared.inbox.send(ToApplier::Unit(unit), behind);
         Ok(())
     }
 
