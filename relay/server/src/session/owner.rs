@@ -14,16 +14,12 @@ use std::sync::Arc;
 use chappe_proto::frame::{Frame, MailboxEntry};
 use chappe_proto::{OwnerKey, ReceiveId, ResultCode};
 use chappe_store::RequestError;
-use tokio::sync::{Notify, mpsc};
 
 use super::SessionError;
 use super::stream::{FrameReader, Outbox, spawn_writer};
 use crate::relay::Relay;
-use crate::router::{Listener, Push, SessionId};
+use crate::router::{Listener, Push, Pushes, SessionId};
 
-/// Pushes that may queue for one owner session before they are dropped
-/// (and later read from the store instead).
-const PUSH_DEPTH: usize = 1024;
 /// Bytes one catch-up read may return.
 const FETCH_BYTES: usize = 1 << 20;
 
@@ -49,8 +45,7 @@ pub async fn run(
     key: OwnerKey,
 ) -> Result<(), SessionError> {
     let (outbox, writer) = spawn_writer(send);
-    let (push_tx, mut push_rx) = mpsc::channel(PUSH_DEPTH);
-    let lagged = Arc::new(Notify::new());
+    let pushes = Arc::new(Pushes::default());
     let session = relay.next_session_id();
     let mut owner = Owner {
         relay,
@@ -59,8 +54,7 @@ pub async fn run(
         outbox,
         listener: Listener {
             session,
-            tx: push_tx,
-            lagged: lagged.clone(),
+            pushes: pushes.clone(),
         },
         subs: HashMap::new(),
     };
@@ -78,12 +72,17 @@ pub async fn run(
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
             },
-            Some(push) = push_rx.recv() => {
-                if let Some(frame) = owner.on_push(*push) {
-                    owner.reply(frame).await;
+            _ = pushes.rung() => {
+                let (queued, dropped) = pushes.take();
+                for push in queued {
+                    if let Some(frame) = owner.on_push(push) {
+                        owner.reply(frame).await;
+                    }
+                }
+                if dropped {
+                    owner.lagged();
                 }
             }
-            _ = lagged.notified() => owner.lagged(),
             _ = shutdown.wait() => break Err(SessionError::ShuttingDown),
         }
         // Boxed, and only when needed: a catch-up holds a store read and its

@@ -1,12 +1,15 @@
 //! Reading handshake messages and frames off the session stream, and the
 //! writer task that owns its send half.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
 use bytes::Bytes;
 use chappe_proto::frame::{Batch, Frame};
 use chappe_proto::inbound::Inbound;
 use chappe_proto::noise::wire;
 use quinn::{RecvStream, SendStream};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use super::SessionError;
 
@@ -78,30 +81,69 @@ impl FrameReader {
     }
 }
 
-/// Frames queued for the peer; the writer task drains them in batches so
-/// many small results cost one stream write.
+/// Frames queued for the peer; the writer task takes everything queued at
+/// once and writes it in one stream write.
 ///
-/// Frames travel boxed: a tokio channel allocates its first block of 32
-/// slots up front, and 32 pointers cost an idle session 256 bytes where 32
-/// inline frames would cost over 3 KiB.
-#[derive(Clone)]
-pub struct Outbox(mpsc::Sender<Box<Frame>>);
+/// A plain queue under a lock with two bells (one for the writer, one for
+/// a producer waiting for room), not a tokio channel: a channel holds its
+/// first block of slots for the session's whole life, and most sessions
+/// are idle. Dropping the outbox lets the writer finish the stream once it
+/// has written what is queued.
+pub struct Outbox(Arc<Queue>);
+
+#[derive(Default)]
+struct Queue {
+    state: Mutex<State>,
+    rung: Notify,
+    room: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    frames: VecDeque<Frame>,
+    /// The outbox was dropped: nothing more will come.
+    done: bool,
+    /// The writer stopped (the stream failed).
+    gone: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 impl Outbox {
     /// Queues a frame; `Err` once the writer is gone (the stream failed).
-    ///
-    /// Almost always there is room, and then this never suspends. Only a
-    /// full queue waits, in a boxed future: tokio's `send` future is close
-    /// to 300 bytes, and every session future that can await a reply would
-    /// otherwise carry that much for its whole life, idle or not.
+    /// Waits only while [`OUTBOX_DEPTH`] frames are already queued.
     pub async fn send(&self, frame: Frame) -> Result<(), WriterGone> {
-        match self.0.try_send(Box::new(frame)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(frame)) => {
-                Box::pin(self.0.send(frame)).await.map_err(|_| WriterGone)
+        let mut frame = Some(frame);
+        loop {
+            {
+                let mut s = self.0.lock();
+                if s.gone {
+                    return Err(WriterGone);
+                }
+                if s.frames.len() < OUTBOX_DEPTH
+                    && let Some(f) = frame.take()
+                {
+                    s.frames.push_back(f);
+                    drop(s);
+                    self.0.rung.notify_one();
+                    return Ok(());
+                }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(WriterGone),
+            // Boxed: only a full queue waits, and the wait's state should
+            // not size every session's future.
+            Box::pin(self.0.room.notified()).await;
         }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.0.lock().done = true;
+        self.0.rung.notify_one();
     }
 }
 
@@ -112,32 +154,42 @@ pub struct WriterGone;
 pub const OUTBOX_DEPTH: usize = 512;
 /// How long a finished stream may take to be acknowledged by the peer.
 const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-/// Frames written per stream write.
-const WRITE_BATCH: usize = 64;
 
 pub fn spawn_writer(mut send: SendStream) -> (Outbox, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<Box<Frame>>(OUTBOX_DEPTH);
+    let queue = Arc::new(Queue::default());
+    let q = queue.clone();
     let task = tokio::spawn(async move {
         // Grown on first use and let go after each write: most sessions are
         // idle, and an idle one should cost as little as a bare QUIC
         // connection.
         let mut batch = Batch::default();
-        while let Some(first) = rx.recv().await {
-            batch.push(&first);
-            while batch.frames() < WRITE_BATCH {
-                match rx.try_recv() {
-                    Ok(f) => batch.push(&f),
-                    Err(_) => break,
+        loop {
+            let (frames, done) = {
+                let mut s = q.lock();
+                (std::mem::take(&mut s.frames), s.done)
+            };
+            if frames.is_empty() {
+                if done {
+                    break;
                 }
+                q.rung.notified().await;
+                continue;
             }
+            q.room.notify_one();
+            for f in &frames {
+                batch.push(f);
+            }
+            drop(frames);
             if send.write_all_chunks(batch.chunks()).await.is_err() {
+                q.lock().gone = true;
+                q.room.notify_one();
                 return;
             }
             batch.clear();
         }
         finish(send).await;
     });
-    (Outbox(tx), task)
+    (Outbox(queue), task)
 }
 
 /// Finishes the stream, then waits until the peer has everything (or gave
