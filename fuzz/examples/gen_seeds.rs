@@ -22,6 +22,9 @@ use chappe_proto::noise::{Hello, OwnerInitiator, SenderInitiator};
 use chappe_proto::{DeliveryToken, ReceiveId, SendId, TokenDigest};
 use hpke::{Deserializable as _, OpModeR};
 
+use bytes::Bytes;
+use chappe_store::effect::Effect;
+
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 /// A point of order 8 (X25519 public key the relay must refuse).
@@ -319,6 +322,39 @@ fn main() -> Result<()> {
         &cat(&[&[6], &pt[..used]]),
     )?;
     write("envelope_open", "raw_zeros_1024", &[0])?;
+
+    // The journal: a record payload as the writer builds it (a put, an
+    // ack's remove, an unindex), and images of short and wrapping records.
+    let mut payload = Vec::new();
+    for e in [
+        Effect::Put {
+            id: ReceiveId([7; 32]),
+            seq: 1,
+            expiry: 500_000,
+            ciphertext: Bytes::from(vec![0xab; 1024]),
+        },
+        Effect::Remove {
+            id: ReceiveId([7; 32]),
+            seqs: vec![1, 2, 3],
+        },
+        Effect::Unindex {
+            id: ReceiveId([8; 32]),
+            seq: 9,
+            hour: 499_000,
+        },
+    ] {
+        e.encode_into(&mut payload);
+    }
+    write("journal_effects", "put_remove_unindex", &payload)?;
+    // journal_scan: byte 0 = record count - 1 (low 3 bits), bit 7 = long
+    // records; the last quarter of the rest is damage.
+    write("journal_scan", "three_records", &cat(&[&[2], &payload]))?;
+    write("journal_scan", "wrapping", &cat(&[&[0x83], &payload[..64]]))?;
+    write(
+        "journal_scan",
+        "damaged",
+        &cat(&[&[1], &payload[..120], &[0, 0, 40, 0xff]]),
+    )?;
 
     println!("seeds written under fuzz/seeds/");
     Ok(())

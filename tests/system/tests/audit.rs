@@ -76,10 +76,16 @@ fn store_and_logs_hold_no_sender_token_or_plaintext() {
         store.len() > 5 * 2048,
         "the store should hold the envelopes"
     );
+    // The journal holds every envelope too (until its ring comes round).
+    let journal = std::fs::read(relay.state.join("store.journal")).unwrap();
     let log = std::fs::read(&relay.log).unwrap();
     assert!(!log.is_empty());
     for (what, needle) in &needles {
         assert!(!contains(&store, needle), "store.redb contains the {what}");
+        assert!(
+            !contains(&journal, needle),
+            "store.journal contains the {what}"
+        );
         assert!(!contains(&log, needle), "the relay log contains the {what}");
     }
 }

@@ -30,7 +30,7 @@ fn init_descriptor_and_check_config() {
     let (ok, desc, _) = relay(&["descriptor", "--state-dir", state]);
     assert!(ok);
     assert_eq!(first, desc);
-    for f in ["relay.key", "tls.key", "store.redb"] {
+    for f in ["relay.key", "tls.key", "store.redb", "store.journal"] {
         let p = dir.path().join("state").join(f);
         if p.exists() {
             let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
@@ -100,7 +100,7 @@ fn core_dumps_are_disabled() {
     let fields: Vec<&str> = core.split_whitespace().collect();
     assert_eq!(&fields[4..6], &["0", "0"], "{core}");
     // Everything the daemon created is private to its user.
-    for f in ["relay.key", "tls.key", "store.redb"] {
+    for f in ["relay.key", "tls.key", "store.redb", "store.journal"] {
         let mode = std::fs::metadata(relay.state.join(f))
             .unwrap()
             .permissions()
