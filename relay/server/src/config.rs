@@ -68,6 +68,7 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct StoreFile {
     journal_mib: Option<u64>,
+    cache_mib: Option<u64>,
     /// Accepted so that configs written for 0.1 still load: every
     /// checkpoint uses redb's quick-repair now.
     quick_repair: Option<bool>,
@@ -116,6 +117,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[store] journal_mib`: see [`chappe_store::StoreConfig::journal_bytes`].
     pub journal_mib: u64,
+    /// `[store] cache_mib`: see [`chappe_store::StoreConfig::cache_bytes`].
+    pub cache_mib: u64,
     pub log_level: String,
     /// Settings that load but no longer do anything, with what to do about
     /// them; logged at start and printed by `check-config`.
@@ -302,6 +305,7 @@ impl Config {
             metrics_listen,
             limits,
             journal_mib: range("store.journal_mib", file.store.journal_mib, 64, 1, 4096)?,
+            cache_mib: range("store.cache_mib", file.store.cache_mib, 1024, 16, 1 << 20)?,
             log_level,
             warnings: file
                 .store
@@ -329,6 +333,7 @@ impl Config {
             min_free_disk_bytes: l.min_free_disk_bytes,
             max_store_bytes: l.max_store_bytes,
             journal_bytes: self.journal_mib << 20,
+            cache_bytes: usize::try_from(self.cache_mib << 20).unwrap_or(usize::MAX),
             ..chappe_store::StoreConfig::new(self.state_dir.join(STORE_FILE))
         }
     }
@@ -423,5 +428,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("log.level"), "{e}");
+    }
+
+    /// The full example in the operator guide (section 4.2) loads, and its
+    /// values are the defaults it says they are.
+    #[test]
+    fn the_operator_guide_example_loads() {
+        let guide = include_str!("../../../docs/OPERATOR.md");
+        let start = guide.find("### 4.2").unwrap();
+        let body = &guide[start..];
+        let toml_start = body.find("```toml\n").unwrap() + "```toml\n".len();
+        let toml_len = body[toml_start..].find("```").unwrap();
+        let c = Config::from_toml(
+            &body[toml_start..toml_start + toml_len],
+            None,
+            &Overrides::default(),
+        )
+        .unwrap();
+        let d = Config::from_toml(
+            "listen = \"0.0.0.0:4433\"\npublic_address = \"relay.interior.example:4433\"\nstate_dir = \"/var/lib/chappe\"",
+            None,
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(format!("{:?}", c.limits), format!("{:?}", d.limits));
+        assert_eq!((c.journal_mib, c.cache_mib), (d.journal_mib, d.cache_mib));
+        assert_eq!(c.store_config().cache_bytes, 1 << 30);
+        let e = Config::from_toml("[store]\ncache_mib = 8", None, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.cache_mib"), "{e}");
     }
 }

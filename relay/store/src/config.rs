@@ -31,6 +31,9 @@ pub struct StoreConfig {
     /// may lag behind redb: the memory that envelopes not yet in redb take,
     /// and the replay after a crash (about a quarter of it at most).
     pub journal_bytes: u64,
+    /// Memory redb may use to cache pages of `store.redb` (reads and the
+    /// writes of one applier transaction).
+    pub cache_bytes: usize,
 }
 
 impl StoreConfig {
@@ -46,6 +49,7 @@ impl StoreConfig {
             max_store_bytes: 0,
             max_batch: 1024,
             journal_bytes: 64 * MIB,
+            cache_bytes: 1 << 30,
         }
     }
 

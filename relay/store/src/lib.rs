@@ -52,6 +52,7 @@
 //!   watermark).
 #![forbid(unsafe_code)]
 
+mod answers;
 mod applier;
 mod clock;
 mod config;
@@ -73,6 +74,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+pub use answers::{Answered, Answers};
 pub use config::StoreConfig;
 pub use error::{RequestError, StoreError};
 pub use reads::{CheckReport, MAX_PROBLEMS};

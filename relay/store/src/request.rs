@@ -10,6 +10,7 @@ use bytes::Bytes;
 use chappe_proto::{OwnerKey, ReceiveId, SendId, TokenDigest};
 use tokio::sync::oneshot;
 
+use crate::answers::Sink;
 use crate::error::{RequestError, StoreError};
 use crate::records::TokenList;
 
@@ -109,6 +110,8 @@ pub(crate) enum Reply {
     Info(Tx<MailboxInfo>),
     Unit(Tx<()>),
     Enqueued(Tx<Enqueued>),
+    /// Into a session's answer queue.
+    Sink(Sink),
     Swept(oneshot::Sender<Result<u64, StoreError>>),
     List(Tx<Vec<MailboxInfo>>),
 }
@@ -121,6 +124,7 @@ impl Reply {
             (Reply::Info(tx), Ok(Answer::Info(v))) => drop(tx.send(Ok(v))),
             (Reply::Unit(tx), Ok(Answer::Unit)) => drop(tx.send(Ok(()))),
             (Reply::Enqueued(tx), Ok(Answer::Enqueued(v))) => drop(tx.send(Ok(v))),
+            (Reply::Sink(s), Ok(Answer::Enqueued(v))) => s.send(Ok(v)),
             (Reply::Swept(tx), Ok(Answer::Swept(n))) => drop(tx.send(Ok(n))),
             (Reply::List(tx), Ok(Answer::List(v))) => drop(tx.send(Ok(v))),
             (reply, Err(e)) => reply.refuse(e),
@@ -135,6 +139,7 @@ impl Reply {
             Reply::Info(tx) => drop(tx.send(Err(e))),
             Reply::Unit(tx) => drop(tx.send(Err(e))),
             Reply::Enqueued(tx) => drop(tx.send(Err(e))),
+            Reply::Sink(s) => s.send(Err(e)),
             Reply::List(tx) => drop(tx.send(Err(e))),
             Reply::Swept(tx) => drop(tx.send(Err(match e {
                 RequestError::Internal(e) => e,

@@ -170,8 +170,9 @@ pub(crate) struct Opened {
 /// Opens (or creates) the file, checks or writes the schema version, makes
 /// sure every table exists, and returns the totals and journal mark kept in
 /// `meta`.
-pub(crate) fn open(path: &Path) -> Result<Opened, StoreError> {
+pub(crate) fn open(path: &Path, cache_bytes: usize) -> Result<Opened, StoreError> {
     let db = Builder::new()
+        .set_cache_size(cache_bytes)
         .set_repair_callback(log_repair)
         .create(path)?;
     let mut txn = db.begin_write()?;

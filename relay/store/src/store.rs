@@ -14,6 +14,7 @@ use chappe_proto::{DeliveryToken, OwnerKey, ReceiveId, SendId, TokenDigest};
 use redb::Database;
 use tokio::sync::oneshot;
 
+use crate::answers::{Answers, Sink};
 use crate::applier::{Applier, Shared, Unit};
 use crate::clock::Clock;
 use crate::config::StoreConfig;
@@ -117,7 +118,7 @@ impl Store {
     }
 
     pub(crate) fn open_with_clock(cfg: StoreConfig, clock: Clock) -> Result<Store, StoreError> {
-        let schema::Opened { db, totals, mark } = schema::open(&cfg.path)?;
+        let schema::Opened { db, totals, mark } = schema::open(&cfg.path, cfg.cache_bytes)?;
         let db = Arc::new(db);
         let Recovered {
             journal,
@@ -315,6 +316,37 @@ impl Store {
             ciphertext,
         };
         self.submit(op, Reply::Enqueued)
+    }
+
+    /// [`Store::submit_enqueue`] with the answer going to `answers`,
+    /// tagged `tag`, together with the ciphertext: for a session with many
+    /// sends in flight, whose answers it writes in batches.
+    pub fn submit_enqueue_to(
+        &self,
+        send: SendId,
+        token: &DeliveryToken,
+        ciphertext: Bytes,
+        answers: &Arc<Answers>,
+        tag: u32,
+    ) {
+        let sink = Sink::new(answers, tag, ciphertext.clone());
+        if let Err(code) = check_len(ciphertext.len()) {
+            return sink.send(Err(RequestError::from_len_code(code)));
+        }
+        if self.inner.closing.load(Ordering::Acquire) {
+            return sink.send(Err(RequestError::ShuttingDown));
+        }
+        let msg = Msg::Request(Request {
+            op: Op::Enqueue {
+                send,
+                digest: token.digest(),
+                ciphertext,
+            },
+            reply: Reply::Sink(sink),
+        });
+        // A send that fails drops the message, and with it the sink, which
+        // answers `ShuttingDown`.
+        drop(self.inner.tx.send(msg));
     }
 
     /// Up to `max_count` envelopes with sequence numbers from `from_seq`

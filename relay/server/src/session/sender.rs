@@ -4,92 +4,39 @@
 //! group commit and reads the next, so one connection can keep many
 //! envelopes in the same batch. A semaphore bounds how many are
 //! outstanding; when it is exhausted the session stops reading, and QUIC
-//! flow control pushes back on the client.
+//! flow control pushes back on the client. Refused sends (a length that is
+//! no bucket) count too: a client that sends bad lengths and never reads
+//! its results runs out of permits like any other.
 //!
-//! One task per session answers, in the order the sends came. The store
-//! answers a whole batch at once, so after waiting for the oldest send the
-//! task takes every later one that is already answered and writes all their
-//! results in one stream write. Answering each send from its own task, as
-//! this did before, cost one UDP datagram per envelope: `perf stat` counted
-//! 204,434 `sendmsg` calls for about 207,000 durable sends.
+//! The store leaves each answer in the session's [`Answers`] queue. One
+//! task per session takes everything queued whenever it is woken and
+//! writes all those results in one stream write, then gives their permits
+//! back. Answering each send from its own task, as the first version did,
+//! cost one UDP datagram per envelope (`perf stat`: 204,434 `sendmsg` calls
+//! for about 207,000 durable sends); a oneshot channel per send, as the
+//! second did, cost an allocation and a queue entry per send.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use bytes::Bytes;
 use chappe_proto::ResultCode;
-use chappe_proto::envelope::check_len;
 use chappe_proto::frame::{Batch, Frame};
-use chappe_store::{Enqueued, Pending};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use chappe_store::{Answered, Answers};
+use tokio::sync::Semaphore;
 
 use super::SessionError;
 use super::stream::{FrameReader, finish};
 use crate::relay::Relay;
 use crate::router::Push;
 
-/// A send whose result is still to be written. It holds a permit of the
-/// session's semaphore until its result is taken for writing, refusals too:
-/// a client that sends bad lengths and never reads its results must run
-/// out of permits like any other, not grow the queue.
-struct Queued {
-    req: u32,
-    outcome: Outcome,
-    permit: OwnedSemaphorePermit,
-}
-
-enum Outcome {
-    /// Refused before the store (a length that is no bucket size).
-    Refused(ResultCode),
-    Stored {
-        pending: Pending<Enqueued>,
-        /// Kept for the live push to the owner once the envelope is stored.
-        ciphertext: Bytes,
-    },
-}
-
-impl Queued {
-    /// The result frame, once the store has answered; the permit goes with
-    /// `self`.
-    async fn wait(self, relay: &Relay) -> Frame {
-        let code = match self.outcome {
-            Outcome::Refused(code) => code,
-            Outcome::Stored {
-                pending,
-                ciphertext,
-            } => stored(relay, pending.wait().await, ciphertext),
-        };
-        result(relay, self.req, code)
-    }
-
-    /// The result frame if the answer is already here; otherwise the send
-    /// back, still queued.
-    fn try_frame(self, relay: &Relay) -> Result<Frame, Self> {
-        let Queued {
-            req,
-            outcome,
-            permit,
-        } = self;
-        let code = match outcome {
-            Outcome::Refused(code) => code,
-            Outcome::Stored {
-                pending,
-                ciphertext,
-            } => match pending.try_wait() {
-                Ok(answer) => stored(relay, answer, ciphertext),
-                Err(pending) => {
-                    return Err(Queued {
-                        req,
-                        outcome: Outcome::Stored {
-                            pending,
-                            ciphertext,
-                        },
-                        permit,
-                    });
-                }
-            },
-        };
-        Ok(result(relay, req, code))
-    }
+/// What the reading loop and the answering task share.
+struct Flow {
+    answers: Arc<Answers>,
+    permits: Semaphore,
+    /// Sends handed to the store whose answer was not yet written.
+    outstanding: AtomicUsize,
+    /// The reading loop has ended: no more sends will come.
+    done: AtomicBool,
 }
 
 pub async fn run(
@@ -97,14 +44,14 @@ pub async fn run(
     send: quinn::SendStream,
     mut reader: FrameReader,
 ) -> Result<(), SessionError> {
-    let max = relay.limits.max_inflight_sends;
-    let inflight = Arc::new(Semaphore::new(usize::try_from(max).unwrap_or(1024)));
-    // Unbounded, but never longer than the semaphore's permits: every
-    // queued send holds one. Boxed like the owner's outbox: a tokio channel
-    // allocates its first block of 32 slots up front, and an idle session
-    // should pay for 32 pointers, not 32 queued sends.
-    let (queue, answers) = mpsc::unbounded_channel::<Box<Queued>>();
-    let mut answerer = tokio::spawn(answer(relay.clone(), send, answers));
+    let max = usize::try_from(relay.limits.max_inflight_sends).unwrap_or(1024);
+    let flow = Arc::new(Flow {
+        answers: Answers::new(),
+        permits: Semaphore::new(max),
+        outstanding: AtomicUsize::new(0),
+        done: AtomicBool::new(false),
+    });
+    let mut answerer = tokio::spawn(answer(relay.clone(), send, flow.clone()));
     let mut shutdown = relay.shutdown.clone();
     let result = loop {
         let frame = tokio::select! {
@@ -125,32 +72,21 @@ pub async fn run(
         else {
             break Err(SessionError::WrongFrame(frame.kind()));
         };
-        let Ok(permit) = inflight.clone().acquire_owned().await else {
-            break Ok(());
-        };
-        let outcome = match check_len(ciphertext.len()) {
-            Err(code) => Outcome::Refused(code),
-            Ok(()) => Outcome::Stored {
-                pending: relay
-                    .store
-                    .submit_enqueue(send_id, &token, ciphertext.clone()),
-                ciphertext,
-            },
-        };
-        let queued = Queued {
-            req,
-            outcome,
-            permit,
-        };
-        if queue.send(Box::new(queued)).is_err() {
-            // The answering task is gone: the stream failed.
-            break Ok(());
+        // Given back by the answering task once the result is written.
+        match flow.permits.acquire().await {
+            Ok(p) => p.forget(),
+            Err(_) => break Ok(()),
         }
+        flow.outstanding.fetch_add(1, Ordering::AcqRel);
+        relay
+            .store
+            .submit_enqueue_to(send_id, &token, ciphertext, &flow.answers, req);
     };
     // Every accepted send gets its answer before the stream closes: the
-    // answering task drains the queue (the store answers even while
-    // stopping), unless that takes longer than the grace period.
-    drop(queue);
+    // answering task writes until none is outstanding (the store answers
+    // even while stopping), unless that takes longer than the grace period.
+    flow.done.store(true, Ordering::Release);
+    flow.answers.ring();
     if tokio::time::timeout(relay.limits.shutdown_grace, &mut answerer)
         .await
         .is_err()
@@ -160,62 +96,49 @@ pub async fn run(
     result
 }
 
-/// Writes the results, in order, as many per stream write as are ready.
-async fn answer(
-    relay: Arc<Relay>,
-    mut send: quinn::SendStream,
-    mut queue: mpsc::UnboundedReceiver<Box<Queued>>,
-) {
+/// Writes the results, as many per stream write as are queued.
+async fn answer(relay: Arc<Relay>, mut send: quinn::SendStream, flow: Arc<Flow>) {
     let mut batch = Batch::default();
-    // A send taken off the queue whose answer had not come yet.
-    let mut held: Option<Box<Queued>> = None;
     loop {
-        let oldest = match held.take() {
-            Some(q) => q,
-            None => match queue.recv().await {
-                Some(q) => q,
-                None => break,
-            },
-        };
-        batch.push(&oldest.wait(&relay).await);
-        // Everything behind it that is already answered goes in the same write.
-        while let Ok(next) = queue.try_recv() {
-            match next.try_frame(&relay) {
-                Ok(frame) => batch.push(&frame),
-                Err(next) => {
-                    held = Some(Box::new(next));
-                    break;
-                }
+        let answered = flow.answers.take();
+        if answered.is_empty() {
+            if flow.done.load(Ordering::Acquire) && flow.outstanding.load(Ordering::Acquire) == 0 {
+                break;
             }
+            flow.answers.rung().await;
+            continue;
         }
-        if send.write_all_chunks(batch.chunks()).await.is_err() {
+        let n = answered.len();
+        for a in answered {
+            batch.push(&result(&relay, a));
+        }
+        let written = send.write_all_chunks(batch.chunks()).await;
+        batch.clear();
+        flow.outstanding.fetch_sub(n, Ordering::AcqRel);
+        flow.permits.add_permits(n);
+        if written.is_err() {
+            // Nobody reads the results: stop taking sends.
+            flow.permits.close();
             return;
         }
-        batch.clear();
     }
     finish(send).await;
 }
 
-/// The code for a stored send; an OK also goes to the owner if connected.
-fn stored(
-    relay: &Relay,
-    answer: Result<Enqueued, chappe_store::RequestError>,
-    ciphertext: Bytes,
-) -> ResultCode {
-    match answer {
+/// The result frame for an answered send; an OK also goes to the owner if
+/// connected.
+fn result(relay: &Relay, a: Answered) -> Frame {
+    let code = match a.outcome {
         Ok(done) => {
             relay.router.push(Push {
                 mailbox: done.receive_id,
                 seq: done.seq,
-                ciphertext,
+                ciphertext: a.ciphertext,
             });
             ResultCode::Ok
         }
         Err(e) => e.code(),
-    }
-}
-
-fn result(relay: &Relay, req: u32, code: ResultCode) -> Frame {
+    };
     relay.metrics.received(code);
-    Frame::Result { req, code }
+    Frame::Result { req: a.tag, code }
 }
