@@ -166,6 +166,8 @@ struct Target {
 struct Shared {
     start: Instant,
     stop: AtomicBool,
+    /// Online owners stop at their next quiet moment (after flushing).
+    owners_finish: AtomicBool,
     sent: AtomicU64,
     delivered: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
@@ -235,6 +237,7 @@ pub async fn run(desc: &Descriptor, cfg: &BenchConfig) -> Result<BenchReport, Cl
     let shared = Arc::new(Shared {
         start: Instant::now(),
         stop: AtomicBool::new(false),
+        owners_finish: AtomicBool::new(false),
         sent: AtomicU64::new(0),
         delivered: AtomicU64::new(0),
         errors: Mutex::default(),
@@ -290,10 +293,16 @@ pub async fn run(desc: &Descriptor, cfg: &BenchConfig) -> Result<BenchReport, Cl
         while shared.delivered.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // Owners flush their last latencies after 5 ms without deliveries.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        for t in &owner_tasks {
-            t.abort();
+        // Each owner flushes its last latencies and ends after 5 ms without
+        // deliveries; one that does not within a second is cut off.
+        shared.owners_finish.store(true, Ordering::Relaxed);
+        for mut t in owner_tasks {
+            if tokio::time::timeout(Duration::from_secs(1), &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+            }
         }
     } else {
         let d0 = Instant::now();
@@ -488,7 +497,8 @@ async fn receive(
                 }
                 // Flush whenever it is quiet too; the task may be aborted.
                 samples.flush(&shared.delivery_hist).await;
-                if expect.is_some_and(|e| got >= e) {
+                if expect.is_some_and(|e| got >= e) || shared.owners_finish.load(Ordering::Relaxed)
+                {
                     break;
                 }
             }

@@ -39,24 +39,29 @@ fn bench_runs_online_and_offline() {
         );
         let json = String::from_utf8(out.stdout).unwrap();
         eprintln!("{json}");
-        assert!(json.contains("\"errors\":{}"), "{json}");
-        let sent: u64 = json
-            .split("\"sent\":")
-            .nth(1)
-            .and_then(|r| r.split(',').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap();
+        let r: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(r["errors"], serde_json::json!({}), "{json}");
+        let sent = r["sent"].as_u64().unwrap();
         assert!(sent > 0, "{json}");
-        let delivered: u64 = json
-            .split("\"delivered\":")
-            .nth(1)
-            .and_then(|r| r.split(',').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap();
         assert_eq!(
-            delivered, sent,
+            r["delivered"].as_u64(),
+            Some(sent),
             "every durable send reaches its owner: {json}"
         );
-        assert!(json.contains("\"relay_cpu_cores\":"), "{json}");
+        // Every latency measured made it into the histograms.
+        assert_eq!(r["send_latency"]["count"].as_u64(), Some(sent), "{json}");
+        if mode == "online" {
+            assert_eq!(
+                r["delivery_latency"]["count"].as_u64(),
+                Some(sent),
+                "{json}"
+            );
+        } else {
+            assert!(
+                r["drain_per_sec"].as_f64().is_some_and(|d| d > 0.0),
+                "{json}"
+            );
+        }
+        assert!(r["relay_cpu_cores"].as_f64().is_some(), "{json}");
     }
 }
