@@ -105,6 +105,17 @@ impl<T> Pending<T> {
     }
 }
 
+/// An enqueue request, or its refusal before the queue: a bad length costs
+/// the writer nothing.
+fn enqueue_op(send: SendId, token: &DeliveryToken, ciphertext: Bytes) -> Result<Op, RequestError> {
+    check_len(ciphertext.len()).map_err(RequestError::from_len_code)?;
+    Ok(Op::Enqueue {
+        send,
+        digest: token.digest(),
+        ciphertext,
+    })
+}
+
 fn token_list(tokens: &[TokenDigest]) -> Result<TokenList, RequestError> {
     TokenList::new(tokens).ok_or(RequestError::BadRequest("a mailbox needs 1 to 8 tokens"))
 }
@@ -193,18 +204,24 @@ impl Store {
         op: Op,
         reply: impl FnOnce(oneshot::Sender<Result<T, RequestError>>) -> Reply,
     ) -> Pending<T> {
-        if self.inner.closing.load(Ordering::Acquire) {
-            return Pending(Err(RequestError::ShuttingDown));
-        }
         let (tx, rx) = oneshot::channel();
-        let msg = Msg::Request(Request {
-            op,
-            reply: reply(tx),
-        });
-        match self.inner.tx.send(msg) {
+        match self.queue(op, reply(tx)) {
             Ok(()) => Pending(Ok(rx)),
-            Err(_) => Pending(Err(RequestError::ShuttingDown)),
+            Err(e) => Pending(Err(e)),
         }
+    }
+
+    /// Hands a request to the writer. `ShuttingDown` once the store is
+    /// closing or the writer has stopped; the request is then dropped with
+    /// its reply (a [`Sink`] answers `ShuttingDown` when dropped).
+    fn queue(&self, op: Op, reply: Reply) -> Result<(), RequestError> {
+        if self.inner.closing.load(Ordering::Acquire) {
+            return Err(RequestError::ShuttingDown);
+        }
+        self.inner
+            .tx
+            .send(Msg::Request(Request { op, reply }))
+            .map_err(|_| RequestError::ShuttingDown)
     }
 
     /// Creates a mailbox for `owner`, accepting senders that show a token
@@ -306,16 +323,10 @@ impl Store {
         token: &DeliveryToken,
         ciphertext: Bytes,
     ) -> Pending<Enqueued> {
-        // Refused before the queue: a bad length costs the writer nothing.
-        if let Err(code) = check_len(ciphertext.len()) {
-            return Pending(Err(RequestError::from_len_code(code)));
+        match enqueue_op(send, token, ciphertext) {
+            Ok(op) => self.submit(op, Reply::Enqueued),
+            Err(e) => Pending(Err(e)),
         }
-        let op = Op::Enqueue {
-            send,
-            digest: token.digest(),
-            ciphertext,
-        };
-        self.submit(op, Reply::Enqueued)
     }
 
     /// [`Store::submit_enqueue`] with the answer going to `answers`,
@@ -330,23 +341,11 @@ impl Store {
         tag: u32,
     ) {
         let sink = Sink::new(answers, tag, ciphertext.clone());
-        if let Err(code) = check_len(ciphertext.len()) {
-            return sink.send(Err(RequestError::from_len_code(code)));
+        match enqueue_op(send, token, ciphertext) {
+            // Not queued: the sink, dropped with the request, answers.
+            Ok(op) => drop(self.queue(op, Reply::Sink(sink))),
+            Err(e) => sink.send(Err(e)),
         }
-        if self.inner.closing.load(Ordering::Acquire) {
-            return sink.send(Err(RequestError::ShuttingDown));
-        }
-        let msg = Msg::Request(Request {
-            op: Op::Enqueue {
-                send,
-                digest: token.digest(),
-                ciphertext,
-            },
-            reply: Reply::Sink(sink),
-        });
-        // A send that fails drops the message, and with it the sink, which
-        // answers `ShuttingDown`.
-        drop(self.inner.tx.send(msg));
     }
 
     /// Up to `max_count` envelopes with sequence numbers from `from_seq`
