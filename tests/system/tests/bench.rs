@@ -4,7 +4,7 @@
 use chappe_system_tests::{Relay, chappe_bin, config_args};
 
 #[test]
-fn bench_runs_online_and_offline() {
+fn bench_runs_online_offline_and_open_loop() {
     let dir = tempfile::tempdir().unwrap();
     let args = config_args(
         dir.path(),
@@ -12,7 +12,8 @@ fn bench_runs_online_and_offline() {
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let relay = Relay::start_with(dir.path(), &args);
-    for mode in ["online", "offline"] {
+    // (mode, sends per second; 0 = closed loop)
+    for (mode, rate) in [("online", 0), ("offline", 0), ("online", 2000)] {
         let out = std::process::Command::new(chappe_bin())
             .args([
                 "bench",
@@ -26,6 +27,8 @@ fn bench_runs_online_and_offline() {
             .args([
                 "--mode",
                 mode,
+                "--rate",
+                &rate.to_string(),
                 "--json",
                 "--relay-pid",
                 &relay.pid().to_string(),
@@ -61,6 +64,12 @@ fn bench_runs_online_and_offline() {
                 r["drain_per_sec"].as_f64().is_some_and(|d| d > 0.0),
                 "{json}"
             );
+        }
+        // Open loop: every send's start was checked against its schedule.
+        if rate > 0 {
+            assert_eq!(r["schedule_lag"]["count"].as_u64(), Some(sent), "{json}");
+        } else {
+            assert!(r["schedule_lag"].is_null(), "{json}");
         }
         assert!(r["relay_cpu_cores"].as_f64().is_some(), "{json}");
     }
