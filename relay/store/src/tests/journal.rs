@@ -71,6 +71,37 @@ async fn acknowledged_sends_survive_a_crash_before_they_reach_redb() {
     assert!(report.is_consistent(), "{report:#?}");
 }
 
+/// Without a flush or a full journal, the applier's own clock moves what
+/// the window holds into redb: the live envelopes once they have waited
+/// the hold, and the mark past the cancelled ones too.
+#[tokio::test]
+async fn held_envelopes_reach_redb_on_their_own() {
+    let f = Fixture::new(|_| {});
+    let m = mailbox(&f.store, OwnerKey::random()).await;
+    for _ in 0..10 {
+        f.store
+            .enqueue(m.info.send_id, m.token, ct(1024))
+            .await
+            .unwrap();
+    }
+    let got = seqs(&f.store, &m);
+    f.store
+        .ack(m.owner, m.info.receive_id, got[..5].to_vec())
+        .await
+        .unwrap();
+    // Liveness, not timing: the hold is 200 ms; allow far more.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while f.store.memtable_len() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(f.store.memtable_len(), 0, "everything applied");
+    let s = f.store.stats();
+    assert_eq!((s.unwritten, s.envelopes), (5, 5), "{s:?}");
+    assert!(s.checkpoints > 0, "{s:?}");
+    assert_eq!(seqs(&f.store, &m), got[5..].to_vec());
+    f.assert_consistent().await;
+}
+
 #[tokio::test]
 async fn envelopes_acked_while_held_are_never_written_to_redb() {
     let f = Fixture::new(|_| {});
