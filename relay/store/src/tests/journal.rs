@@ -98,6 +98,7 @@ async fn held_envelopes_reach_redb_on_their_own() {
     let s = f.store.stats();
     assert_eq!((s.unwritten, s.envelopes), (5, 5), "{s:?}");
     assert!(s.checkpoints > 0, "{s:?}");
+    assert_eq!(redb_envelopes(&f.store), 5, "the live ones are in redb");
     assert_eq!(seqs(&f.store, &m), got[5..].to_vec());
     f.assert_consistent().await;
 }
