@@ -185,6 +185,19 @@ pub fn seconds(s: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(s).context("--seconds must be a positive number")
 }
 
+/// Closes sessions a few dozen at a time: one after another, an owner's
+/// close waits a round trip for its last frames to be acknowledged, and
+/// thousands of close frames at once overflow the relay's socket buffer on
+/// loopback, where a lost one leaves the session to the relay's idle
+/// timeout (and the relay's shutdown to its grace period).
+pub async fn close_all<F: Future<Output = ()>>(closes: impl IntoIterator<Item = F>) {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(closes)
+        .buffer_unordered(32)
+        .for_each(|()| async {})
+        .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -147,9 +147,7 @@ async fn main() -> anyhow::Result<()> {
                 / held.len().max(1) as f64,
             open_seconds,
         });
-        for s in held {
-            s.close().await;
-        }
+        chappe_bench::close_all(held.into_iter().map(Sender::close)).await;
     }
 
     let handshakes = count.load(Ordering::Relaxed);

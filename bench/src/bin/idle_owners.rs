@@ -204,11 +204,7 @@ async fn worker(desc: &Descriptor, sessions: usize, concurrency: usize) -> anyho
         // Wait for "close" (or the coordinator's end).
         let _ = stdin.next_line().await;
     }
-    for s in held {
-        s.close().await;
-    }
-    // Let the close frames leave before the process (and its sockets) ends.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    chappe_bench::close_all(held.into_iter().map(OwnerSession::close)).await;
     Ok(())
 }
 

@@ -294,8 +294,11 @@ pub async fn run(desc: &Descriptor, cfg: &BenchConfig) -> Result<BenchReport, Cl
     }
     tokio::time::sleep(cfg.duration).await;
     shared.stop.store(true, Ordering::Relaxed);
+    let mut senders = Vec::new();
     for t in sender_tasks {
-        let _ = t.await;
+        if let Ok(s) = t.await {
+            senders.push(s);
+        }
     }
     let seconds = t0.elapsed().as_secs_f64();
     let sent = shared.sent.load(Ordering::Relaxed);
@@ -307,17 +310,8 @@ pub async fn run(desc: &Descriptor, cfg: &BenchConfig) -> Result<BenchReport, Cl
         while shared.delivered.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // Each owner flushes its last latencies and ends after 5 ms without
-        // deliveries; one that does not within a second is cut off.
         shared.owners_finish.store(true, Ordering::Relaxed);
-        for mut t in owner_tasks {
-            if tokio::time::timeout(Duration::from_secs(1), &mut t)
-                .await
-                .is_err()
-            {
-                t.abort();
-            }
-        }
+        finish_owners(owner_tasks).await;
     } else {
         let d0 = Instant::now();
         let per_owner = sent / u64::try_from(owners.len().max(1)).unwrap_or(1);
@@ -337,14 +331,19 @@ pub async fn run(desc: &Descriptor, cfg: &BenchConfig) -> Result<BenchReport, Cl
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let d = d0.elapsed().as_secs_f64();
-        for t in tasks {
-            t.abort();
-        }
+        shared.owners_finish.store(true, Ordering::Relaxed);
+        finish_owners(tasks).await;
         drain_seconds = Some(d);
         drain_per_sec = Some(shared.delivered.load(Ordering::Relaxed) as f64 / d);
     }
     let sample1 = cfg.relay_pid.and_then(proc_sample);
     let wall = t0.elapsed().as_secs_f64();
+    // Closed after the timing, so that the relay frees them at once.
+    let mut closes = tokio::task::JoinSet::new();
+    for s in senders.into_iter().filter_map(Arc::into_inner) {
+        closes.spawn(s.close());
+    }
+    closes.join_all().await;
     let delivered = shared.delivered.load(Ordering::Relaxed);
     let cpu = match (sample0, sample1) {
         (Some(a), Some(b)) => Some((b.0.saturating_sub(a.0)) as f64 / USER_HZ / wall),
@@ -381,15 +380,27 @@ pub async fn run(desc: &Descriptor, cfg: &BenchConfig) -> Result<BenchReport, Cl
     })
 }
 
+/// Each owner flushes its last latencies and acks and closes after 5 ms
+/// without deliveries (its close waits for those acks to be acknowledged);
+/// one that has not within two seconds is cut off.
+async fn finish_owners(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    for mut t in tasks {
+        if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+            t.abort();
+        }
+    }
+}
+
 /// One sender connection: closed loop with `inflight` workers, or open
-/// loop at `rate / senders` per second.
+/// loop at `rate / senders` per second. Gives the sender back, for closing.
 async fn drive(
     sender: Arc<Sender>,
     index: usize,
     targets: Arc<Vec<Target>>,
     shared: Arc<Shared>,
     cfg: BenchConfig,
-) {
+) -> Arc<Sender> {
     let mut workers = Vec::new();
     if cfg.rate == 0 {
         for w in 0..cfg.inflight.max(1) {
@@ -473,6 +484,7 @@ async fn drive(
     for w in workers {
         let _ = w.await;
     }
+    sender
 }
 
 /// One owner: takes deliveries, records their latency, acks in batches.
@@ -528,6 +540,7 @@ async fn receive(
         let _ = s.ack(mailbox, pending).await;
     }
     samples.flush(&shared.delivery_hist).await;
+    s.close().await;
 }
 
 impl BenchReport {

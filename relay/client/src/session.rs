@@ -8,10 +8,16 @@
 //! [`OwnerSession`] is the mailbox owner (Noise XK, authenticated by the
 //! owner's static key); [`Sender`] is the anonymous sender (Noise NK, no
 //! client key, its own endpoint and UDP port).
+//!
+//! `close` returns once the close frame has left: a program that exits
+//! right after closing would otherwise take it down with its socket, and
+//! the relay would keep the session (a connection slot, and an owner's
+//! pushes) until its idle timeout, and hold its own shutdown on it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use chappe_proto::descriptor::Descriptor;
@@ -35,6 +41,11 @@ const DELIVERY_QUEUE: usize = 1024;
 const OUTBOX: usize = 256;
 /// Frames written per stream write, at most.
 const WRITE_BATCH: usize = 64;
+/// How long an owner's close waits for the relay to acknowledge the last
+/// frames (acks, which have no answer) before it closes anyway.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a close waits for its close frame to be sent.
+const CLOSE_SENT_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// An envelope pushed by the relay to its mailbox owner.
 #[derive(Clone, Debug)]
@@ -50,7 +61,20 @@ type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Frame>>>>;
 enum Out {
     Frame(Frame),
     /// Write what is queued, then finish the stream.
-    Finish,
+    Finish(Flush),
+}
+
+/// Whether closing waits until the relay has acknowledged every frame.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// An owner's acks have no answer: without the wait, closing the
+    /// connection can drop the last of them, and the relay delivers those
+    /// envelopes again.
+    UntilAcked,
+    /// A sender's sends were answered; the relay learns nothing more from
+    /// the end of its stream than from the close, so the close can follow
+    /// in the same datagram.
+    No,
 }
 
 /// The part both session kinds share.
@@ -69,12 +93,12 @@ async fn writer(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Out>) {
     let mut batch = Batch::default();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
-        let mut finish = false;
+        let mut finish = None;
         while let Some(out) = next.take() {
             match out {
                 Out::Frame(f) => batch.push(&f),
-                Out::Finish => {
-                    finish = true;
+                Out::Finish(flush) => {
+                    finish = Some(flush);
                     break;
                 }
             }
@@ -86,8 +110,10 @@ async fn writer(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Out>) {
             return;
         }
         batch.clear();
-        if finish {
-            let _ = send.finish();
+        if let Some(flush) = finish {
+            if send.finish().is_ok() && flush == Flush::UntilAcked {
+                let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.stopped()).await;
+            }
             return;
         }
     }
@@ -199,18 +225,33 @@ impl Link {
             .map_err(|_| ClientError::Closed(close_code(&self.conn)))
     }
 
-    /// Hands what is queued to QUIC and finishes the stream, then closes
-    /// the connection.
-    async fn close(&self) {
-        if self.out.send(Out::Finish).await.is_ok()
+    /// Hands what is queued to QUIC and finishes the stream, closes the
+    /// connection, and waits until the close frame has been sent.
+    ///
+    /// A closed connection sends nothing but its close frame, so the first
+    /// datagram quinn counts after `close` is that frame, built and handed
+    /// to the socket in the same step. `Endpoint::wait_idle` would also
+    /// tell, but only after the draining period (three probe timeouts,
+    /// 80–200 ms on loopback), which a close has no use for; a relay that
+    /// closed first needs no frame at all.
+    async fn close(&self, flush: Flush) {
+        if self.out.send(Out::Finish(flush)).await.is_ok()
             && let Some(w) = self.writer.lock().await.take()
         {
             let _ = w.await;
         }
+        if self.conn.close_reason().is_some() {
+            return;
+        }
+        let sent = self.conn.stats().udp_tx.datagrams;
         self.conn.close(
             CloseCode::Normal.to_u32().into(),
             CloseCode::Normal.reason().as_bytes(),
         );
+        let deadline = tokio::time::Instant::now() + CLOSE_SENT_TIMEOUT;
+        while self.conn.stats().udp_tx.datagrams == sent && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 }
 
@@ -394,8 +435,10 @@ impl OwnerSession {
         close_code(&self.link.conn)
     }
 
+    /// Closes once the relay has acknowledged everything written (acks
+    /// included) and has been told; see the module doc.
     pub async fn close(self) {
-        self.link.close().await;
+        self.link.close(Flush::UntilAcked).await;
     }
 }
 
@@ -434,7 +477,8 @@ impl Sender {
         close_code(&self.link.conn)
     }
 
+    /// Closes once the relay has been told; sends still in flight fail.
     pub async fn close(self) {
-        self.link.close().await;
+        self.link.close(Flush::No).await;
     }
 }

@@ -142,3 +142,36 @@ fn library_example_round_trip() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).ends_with(": hello\n"));
 }
+
+/// The CLI exits right after closing its sessions: the close frame must
+/// leave before the socket goes, or the relay keeps each session until its
+/// idle timeout (60 s here), or at best until it gives up waiting for the
+/// vanished client to acknowledge the end of its stream (5 s), and holds its
+/// own shutdown on it. The 2 s limit sits below both.
+#[test]
+fn sessions_end_when_the_cli_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(dir.path());
+    let alice = User::new(dir.path(), "alice");
+    let bob = User::new(dir.path(), "bob");
+    let card = alice.ok(&["mailbox", "create", "--relay", &relay.descriptor]);
+    bob.ok(&["send", card.trim(), "one"]);
+    bob.ok(&["send", card.trim(), "two"]);
+    alice.ok(&["recv"]);
+    let active = |mode: &str| {
+        relay
+            .metric(&format!("chappe_connections_active{{mode=\"{mode}\"}}"))
+            .unwrap_or(-1.0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(2), || active("sender") == 0.0
+            && active("owner") == 0.0),
+        "sessions still open at the relay: {} sender, {} owner",
+        active("sender"),
+        active("owner")
+    );
+    assert_eq!(relay.metric("chappe_connections_total"), Some(4.0));
+    // The owner's acks made it before its close: nothing is left to deliver.
+    assert_eq!(relay.metric("chappe_store_envelopes"), Some(0.0));
+    assert!(relay.stop().success());
+}
