@@ -185,8 +185,9 @@ pub fn seconds(s: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(s).context("--seconds must be a positive number")
 }
 
-/// Closes sessions a few dozen at a time: one after another, an owner's
-/// close waits a round trip for its last frames to be acknowledged, and
+/// Closes sessions a few dozen at a time: one after another, each close
+/// waits for its close frame to be sent (an owner's that acked, a round
+/// trip for those acks to be acknowledged first), and
 /// thousands of close frames at once overflow the relay's socket buffer on
 /// loopback, where a lost one leaves the session to the relay's idle
 /// timeout (and the relay's shutdown to its grace period).

@@ -15,7 +15,7 @@
 //! pushes) until its idle timeout, and hold its own shutdown on it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -71,9 +71,9 @@ enum Flush {
     /// connection can drop the last of them, and the relay delivers those
     /// envelopes again.
     UntilAcked,
-    /// A sender's sends were answered; the relay learns nothing more from
-    /// the end of its stream than from the close, so the close can follow
-    /// in the same datagram.
+    /// Every frame written was a request, answered (or to fail with the
+    /// close): the relay learns nothing more from the end of the stream
+    /// than from the close, so the close can follow in the same datagram.
     No,
 }
 
@@ -326,6 +326,9 @@ fn expect_ok(frame: Frame) -> Result<(), ClientError> {
 pub struct OwnerSession {
     link: Link,
     deliveries: mpsc::Receiver<Delivery>,
+    /// Whether an ack was written: the only frame an owner writes that
+    /// gets no answer, so the only one a close can lose unseen.
+    acked: AtomicBool,
 }
 
 impl OwnerSession {
@@ -335,6 +338,7 @@ impl OwnerSession {
         Ok(OwnerSession {
             link,
             deliveries: rx,
+            acked: AtomicBool::new(false),
         })
     }
 
@@ -419,6 +423,7 @@ impl OwnerSession {
 
     /// Tells the relay these envelopes are safe here; it deletes them.
     pub async fn ack(&self, mailbox: ReceiveId, seqs: Vec<u64>) -> Result<(), ClientError> {
+        self.acked.store(true, Ordering::Relaxed);
         for chunk in seqs.chunks(MAX_LIST) {
             self.link
                 .write(Frame::Ack {
@@ -435,10 +440,16 @@ impl OwnerSession {
         close_code(&self.link.conn)
     }
 
-    /// Closes once the relay has acknowledged everything written (acks
-    /// included) and has been told; see the module doc.
+    /// Closes once the relay has been told, and, if this session acked
+    /// anything, once the relay has acknowledged all of it; see the module
+    /// doc.
     pub async fn close(self) {
-        self.link.close(Flush::UntilAcked).await;
+        let flush = if self.acked.load(Ordering::Relaxed) {
+            Flush::UntilAcked
+        } else {
+            Flush::No
+        };
+        self.link.close(flush).await;
     }
 }
 
