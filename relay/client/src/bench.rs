@@ -302,6 +302,13 @@ pub async fn run(desc: &Descriptor, cfg: &BenchConfig) -> Result<BenchReport, Cl
     }
     let seconds = t0.elapsed().as_secs_f64();
     let sent = shared.sent.load(Ordering::Relaxed);
+    // Closed once timed, and before the owners drain what they sent, so
+    // that the relay frees them at once.
+    let mut closes = tokio::task::JoinSet::new();
+    for s in senders.into_iter().filter_map(Arc::into_inner) {
+        closes.spawn(s.close());
+    }
+    closes.join_all().await;
 
     let (mut drain_seconds, mut drain_per_sec) = (None, None);
     if cfg.mode == Mode::Online {
@@ -338,12 +345,6 @@ pub async fn run(desc: &Descriptor, cfg: &BenchConfig) -> Result<BenchReport, Cl
     }
     let sample1 = cfg.relay_pid.and_then(proc_sample);
     let wall = t0.elapsed().as_secs_f64();
-    // Closed after the timing, so that the relay frees them at once.
-    let mut closes = tokio::task::JoinSet::new();
-    for s in senders.into_iter().filter_map(Arc::into_inner) {
-        closes.spawn(s.close());
-    }
-    closes.join_all().await;
     let delivered = shared.delivered.load(Ordering::Relaxed);
     let cpu = match (sample0, sample1) {
         (Some(a), Some(b)) => Some((b.0.saturating_sub(a.0)) as f64 / USER_HZ / wall),
