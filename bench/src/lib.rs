@@ -187,10 +187,10 @@ pub fn seconds(s: f64) -> anyhow::Result<Duration> {
 
 /// Closes sessions a few dozen at a time: one after another, each close
 /// waits for its close frame to be sent (an owner's that acked, a round
-/// trip for those acks to be acknowledged first), and
-/// thousands of close frames at once overflow the relay's socket buffer on
-/// loopback, where a lost one leaves the session to the relay's idle
-/// timeout (and the relay's shutdown to its grace period).
+/// trip for those acks to be acknowledged first), and thousands of close
+/// frames at once overflow the relay's socket buffer on loopback, where a
+/// lost one leaves the session to the relay's idle timeout (and the
+/// relay's shutdown to its grace period).
 pub async fn close_all<F: Future<Output = ()>>(closes: impl IntoIterator<Item = F>) {
     use futures_util::StreamExt;
     futures_util::stream::iter(closes)
