@@ -217,13 +217,11 @@ impl<'t> Tx<'t> {
                 count += 1;
                 bytes = bytes.saturating_add(stored_len(v));
                 if let Ok((expiry, _)) = read_envelope(v) {
-                    rows.push(expiry_key(expiry, id, split_envelope_key(k).1));
+                    rows.push((expiry, split_envelope_key(k).1));
                 }
                 false
             })?;
-        for row in &rows {
-            self.expiry.remove(row)?;
-        }
+        self.unindex_all(id, rows)?;
         let (lo, hi) = part_range(id, 0, u64::MAX);
         self.parts.retain_in::<&[u8; 41], _>(&lo..=&hi, |_, v| {
             bytes = bytes.saturating_add(byte_len(v));
@@ -311,21 +309,48 @@ impl<'t> Tx<'t> {
     }
 
     /// Deletes envelopes; numbers not stored are ignored.
+    ///
+    /// An owner acknowledges what it was delivered, in order, so `seqs`
+    /// are mostly runs of consecutive numbers. Each run goes in one
+    /// `retain_in` over its key range: redb then walks the leaves once and
+    /// rebuilds each once, where a `remove` per key descends the tree and
+    /// rebuilds a leaf for every envelope (0.44 against 2.8 µs per 1 KiB
+    /// envelope in runs of 64, bench/ANALYSIS.md). Every key inside a run's
+    /// range belongs to a number in `seqs`, so nothing else is touched.
     pub(crate) fn remove(&mut self, id: &ReceiveId, seqs: &[u64]) -> Result<(), StoreError> {
+        let mut sorted = seqs.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
         let (mut count, mut bytes) = (0u32, 0u64);
-        for &seq in seqs {
-            let Some((expiry, len)) = self.remove_envelope(id, seq)? else {
-                continue;
-            };
-            if let Some(expiry) = expiry {
-                self.expiry.remove(&expiry_key(expiry, id, seq))?;
-            }
-            count = count.saturating_add(1);
-            bytes = bytes.saturating_add(len);
+        let mut indexed: Vec<(u32, u64)> = Vec::with_capacity(sorted.len());
+        let mut with_parts = Vec::new();
+        for (lo, hi) in runs(&sorted) {
+            let (klo, khi) = (envelope_key(id, lo), envelope_key(id, hi));
+            self.envelopes
+                .retain_in::<&[u8; 40], _>(&klo..=&khi, |k, v| {
+                    let seq = split_envelope_key(k).1;
+                    count = count.saturating_add(1);
+                    bytes = bytes.saturating_add(stored_len(v));
+                    if let Ok((expiry, _)) = read_envelope(v) {
+                        indexed.push((expiry, seq));
+                    }
+                    if may_have_parts(v) {
+                        with_parts.push(seq);
+                    }
+                    false
+                })?;
         }
         if count == 0 {
             return Ok(());
         }
+        for (lo, hi) in runs(&with_parts) {
+            let (plo, phi) = part_range(id, lo, hi);
+            self.parts.retain_in::<&[u8; 41], _>(&plo..=&phi, |_, v| {
+                bytes = bytes.saturating_add(byte_len(v));
+                false
+            })?;
+        }
+        self.unindex_all(id, indexed)?;
         self.totals.envelopes = self.totals.envelopes.saturating_sub(u64::from(count));
         self.totals.bytes = self.totals.bytes.saturating_sub(bytes);
         let c = self.cached(id)?;
@@ -333,6 +358,24 @@ impl<'t> Tx<'t> {
             rec.envelopes = rec.envelopes.saturating_sub(count);
             rec.bytes = rec.bytes.saturating_sub(bytes);
             c.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Drops the expiry rows of removed envelopes, given as (hour, seq):
+    /// one `retain_in` per run of consecutive numbers that expire in the
+    /// same hour, whose rows sit next to each other in the index.
+    fn unindex_all(&mut self, id: &ReceiveId, mut rows: Vec<(u32, u64)>) -> Result<(), StoreError> {
+        rows.sort_unstable();
+        let same_run =
+            |a: &(u32, u64), b: &(u32, u64)| a.0 == b.0 && a.1.checked_add(1) == Some(b.1);
+        for run in rows.chunk_by(same_run) {
+            let (Some(&(hour, first)), Some(&(_, last))) = (run.first(), run.last()) else {
+                continue;
+            };
+            let (lo, hi) = (expiry_key(hour, id, first), expiry_key(hour, id, last));
+            self.expiry
+                .retain_in::<&[u8; 44], _>(&lo..=&hi, |_, _| false)?;
         }
         Ok(())
     }
@@ -347,33 +390,11 @@ impl<'t> Tx<'t> {
         self.expiry.remove(&expiry_key(hour, id, seq))?;
         Ok(())
     }
+}
 
-    /// Removes one envelope and its parts, but not its expiry row; returns
-    /// its expiry hour (unless its value is damaged) and ciphertext length.
-    fn remove_envelope(
-        &mut self,
-        id: &ReceiveId,
-        seq: u64,
-    ) -> Result<Option<(Option<u32>, u64)>, StoreError> {
-        let Some((expiry, mut len, parts)) =
-            self.envelopes.remove(&envelope_key(id, seq))?.map(|v| {
-                let v = v.value();
-                (
-                    read_envelope(v).ok().map(|e| e.0),
-                    stored_len(v),
-                    may_have_parts(v),
-                )
-            })
-        else {
-            return Ok(None);
-        };
-        if parts {
-            let (lo, hi) = part_range(id, seq, seq);
-            self.parts.retain_in::<&[u8; 41], _>(&lo..=&hi, |_, v| {
-                len = len.saturating_add(byte_len(v));
-                false
-            })?;
-        }
-        Ok(Some((expiry, len)))
-    }
+/// Sorted, distinct numbers as inclusive runs of consecutive ones.
+fn runs(sorted: &[u64]) -> impl Iterator<Item = (u64, u64)> + '_ {
+    sorted
+        .chunk_by(|a, b| a.checked_add(1) == Some(*b))
+        .filter_map(|run| Some((*run.first()?, *run.last()?)))
 }
