@@ -363,3 +363,50 @@ async fn large_envelopes_do_not_double_the_file() {
     );
     f.assert_consistent().await;
 }
+
+/// Acks remove runs of consecutive numbers from redb with one range
+/// delete each (and their expiry rows, per hour): what lies between the
+/// runs, in another hour or in a neighbouring mailbox, must stay.
+#[tokio::test]
+async fn acked_runs_leave_their_neighbours_in_redb() {
+    let f = Fixture::new(|_| {});
+    let a = mailbox(&f.store, OwnerKey::random()).await;
+    let b = mailbox(&f.store, OwnerKey::random()).await;
+    for i in 1..=20u64 {
+        if i == 11 {
+            f.advance_hours(1);
+        }
+        // One envelope large enough to be stored in parts, inside a run.
+        let len = if i == 4 { MAX_CIPHERTEXT } else { 1024 };
+        for m in [&a, &b] {
+            f.store
+                .enqueue(m.info.send_id, m.token, ct(len))
+                .await
+                .unwrap();
+        }
+    }
+    // Into redb itself, so the deletes below are the applier's.
+    f.store.flush().await.unwrap();
+    let (owner, id) = (a.owner, a.info.receive_id);
+    // Out of order and repeated, spanning the hour boundary at 11.
+    f.store
+        .ack(owner, id, vec![12, 3, 2, 4, 9, 10, 11, 3, 20, 6])
+        .await
+        .unwrap();
+    f.store.flush().await.unwrap();
+    let left: Vec<u64> = f
+        .store
+        .fetch(owner, id, 0, 100, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(left, [1, 5, 7, 8, 13, 14, 15, 16, 17, 18, 19]);
+    let other = f
+        .store
+        .fetch(b.owner, b.info.receive_id, 0, 100, usize::MAX)
+        .unwrap();
+    assert_eq!(other.len(), 20);
+    assert_eq!(f.store.stats().envelopes, 31);
+    f.assert_consistent().await;
+}
