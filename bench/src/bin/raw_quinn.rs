@@ -415,7 +415,9 @@ impl Drop for Server {
 
 /// The chappe client's own QUIC configuration (`chappe_client::transport`),
 /// pinned to `cert`: the baseline differs from the relay only by the Noise
-/// layer, never by TLS policy.
+/// layer, never by TLS policy. An owner's configuration keeps quinn's path
+/// MTU search (a sender's probes once, straight to 1452): the bulk and
+/// forwarding baselines get every packet size the relay's connections can.
 fn client_config(cert: &[u8]) -> anyhow::Result<quinn::ClientConfig> {
     use sha2::Digest;
     let desc = chappe_proto::descriptor::Descriptor {
@@ -424,8 +426,12 @@ fn client_config(cert: &[u8]) -> anyhow::Result<quinn::ClientConfig> {
         relay_key: [0; 32],
         tls_fingerprint: Some(sha2::Sha256::digest(cert).into()),
     };
-    chappe_client::transport::client_config(&desc, chappe_proto::tls::crypto_provider())
-        .map_err(|e| anyhow!("client TLS config: {e}"))
+    chappe_client::transport::client_config(
+        &desc,
+        chappe_client::transport::Role::Owner,
+        chappe_proto::tls::crypto_provider(),
+    )
+    .map_err(|e| anyhow!("client TLS config: {e}"))
 }
 
 fn endpoint(cfg: &quinn::ClientConfig) -> anyhow::Result<quinn::Endpoint> {

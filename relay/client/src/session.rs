@@ -46,6 +46,12 @@ const WRITE_BATCH: usize = 64;
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a close waits for its close frame to be sent.
 const CLOSE_SENT_TIMEOUT: Duration = Duration::from_millis(250);
+/// Times a close yields to the runtime, for quinn's connection driver to
+/// send the close frame, before it polls on a timer. The driver is woken by
+/// the close and usually sends within one yield; tokio's timer ticks in
+/// whole milliseconds, which at once was most of the time a session that
+/// is opened, used once and closed took.
+const CLOSE_SENT_YIELDS: u32 = 64;
 
 /// An envelope pushed by the relay to its mailbox owner.
 #[derive(Clone, Debug)]
@@ -60,7 +66,7 @@ type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Frame>>>>;
 /// What the writer task is asked to do.
 enum Out {
     Frame(Frame),
-    /// Write what is queued, then finish the stream.
+    /// Write what is queued, then end the stream as the [`Flush`] says.
     Finish(Flush),
 }
 
@@ -73,7 +79,10 @@ enum Flush {
     UntilAcked,
     /// Every frame written was a request, answered (or to fail with the
     /// close): the relay learns nothing more from the end of the stream
-    /// than from the close, so the close can follow in the same datagram.
+    /// than from the close, so the stream is not finished at all. A finish
+    /// left quinn in a datagram of its own, ahead of the close, and the
+    /// relay, seeing its session end, answered it with a close of its own:
+    /// two of the 18 datagrams a one-off sender session took on loopback.
     No,
 }
 
@@ -82,14 +91,18 @@ struct Link {
     _endpoint: quinn::Endpoint,
     conn: quinn::Connection,
     out: mpsc::Sender<Out>,
-    writer: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    writer: tokio::sync::Mutex<Option<tokio::task::JoinHandle<Option<quinn::SendStream>>>>,
     pending: Pending,
     next_req: AtomicU32,
 }
 
 /// Writes queued frames, as many per stream write as are queued, until the
-/// stream fails or is finished.
-async fn writer(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Out>) {
+/// stream fails or is finished; hands the stream back unfinished when asked
+/// to end with [`Flush::No`], for the connection's close to end it.
+async fn writer(
+    mut send: quinn::SendStream,
+    mut rx: mpsc::Receiver<Out>,
+) -> Option<quinn::SendStream> {
     let mut batch = Batch::default();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
@@ -107,16 +120,21 @@ async fn writer(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Out>) {
             }
         }
         if batch.frames() > 0 && send.write_all_chunks(batch.chunks()).await.is_err() {
-            return;
+            return None;
         }
         batch.clear();
-        if let Some(flush) = finish {
-            if send.finish().is_ok() && flush == Flush::UntilAcked {
-                let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.stopped()).await;
+        match finish {
+            Some(Flush::UntilAcked) => {
+                if send.finish().is_ok() {
+                    let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.stopped()).await;
+                }
+                return None;
             }
-            return;
+            Some(Flush::No) => return Some(send),
+            None => {}
         }
     }
+    None
 }
 
 async fn read_until<T>(
@@ -151,7 +169,11 @@ impl Link {
         owner: Option<&Keypair>,
         deliveries: Option<mpsc::Sender<Delivery>>,
     ) -> Result<Link, ClientError> {
-        let (endpoint, conn) = transport::connect(desc).await?;
+        let role = match owner {
+            Some(_) => transport::Role::Owner,
+            None => transport::Role::Sender,
+        };
+        let (endpoint, conn) = transport::connect(desc, role).await?;
         let mut exporter = [0u8; EXPORTER_LEN];
         conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
             .map_err(|_| ClientError::Tls("TLS exporter unavailable".into()))?;
@@ -225,8 +247,8 @@ impl Link {
             .map_err(|_| ClientError::Closed(close_code(&self.conn)))
     }
 
-    /// Hands what is queued to QUIC and finishes the stream, closes the
-    /// connection, and waits until the close frame has been sent.
+    /// Hands what is queued to QUIC and ends the stream as `flush` says,
+    /// closes the connection, and waits until the close frame has been sent.
     ///
     /// A closed connection sends nothing but its close frame, so the first
     /// datagram quinn counts after `close` is that frame, built and handed
@@ -235,10 +257,11 @@ impl Link {
     /// 80–200 ms on loopback), which a close has no use for; a relay that
     /// closed first needs no frame at all.
     async fn close(&self, flush: Flush) {
+        let mut unfinished = None;
         if self.out.send(Out::Finish(flush)).await.is_ok()
             && let Some(w) = self.writer.lock().await.take()
         {
-            let _ = w.await;
+            unfinished = w.await.ok().flatten();
         }
         if self.conn.close_reason().is_some() {
             return;
@@ -248,9 +271,17 @@ impl Link {
             CloseCode::Normal.to_u32().into(),
             CloseCode::Normal.reason().as_bytes(),
         );
+        // Dropped only now: before the close, dropping it would finish it.
+        drop(unfinished);
         let deadline = tokio::time::Instant::now() + CLOSE_SENT_TIMEOUT;
+        let mut yields = 0;
         while self.conn.stats().udp_tx.datagrams == sent && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            if yields < CLOSE_SENT_YIELDS {
+                yields += 1;
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         }
     }
 }

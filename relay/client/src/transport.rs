@@ -83,9 +83,10 @@ impl ServerCertVerifier for PinnedCert {
     }
 }
 
-/// The client TLS/QUIC configuration for one relay.
+/// The client TLS/QUIC configuration for one relay and one kind of session.
 pub fn client_config(
     desc: &Descriptor,
+    role: Role,
     provider: Arc<CryptoProvider>,
 ) -> Result<quinn::ClientConfig, ClientError> {
     let fingerprint = desc.tls_fingerprint.ok_or(ClientError::NoFingerprint)?;
@@ -106,6 +107,9 @@ pub fn client_config(
     cfg.token_store(Arc::new(quinn::NoneTokenStore));
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(KEEP_ALIVE));
+    if role == Role::Sender {
+        transport.mtu_discovery_config(Some(sender_mtu_discovery()));
+    }
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }
@@ -119,10 +123,67 @@ pub fn resolve(desc: &Descriptor) -> Result<SocketAddr, ClientError> {
         .ok_or_else(|| ClientError::Resolve(desc.address(), "no address".into()))
 }
 
+/// The session a connection will carry, which decides the largest datagram
+/// its endpoint takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// An owner session: the relay pushes envelopes of up to 64 KiB, in
+    /// datagrams as large as the path carries.
+    Owner,
+    /// An anonymous sender: the relay only ever answers, in a few bytes.
+    Sender,
+}
+
+/// The largest UDP payload a sender's endpoint accepts: QUIC's minimum.
+/// Advertised as the `max_udp_payload_size` transport parameter, it caps
+/// the relay's path MTU search towards this client at where it starts, so
+/// the relay sends no probes (with their acknowledgements, 8 datagrams on
+/// loopback) into a session that receives nothing large, and most sender
+/// sessions carry one send. The sender's own search, for its uploads, is
+/// bounded by what the relay accepts and is unchanged. It also sizes the
+/// endpoint's receive buffer, which quinn zero-fills for every endpoint.
+const SENDER_MAX_UDP_PAYLOAD: u16 = 1200;
+
+/// The largest UDP payload of a 1500-byte Ethernet MTU under IPv6, and
+/// quinn's upper bound for its path MTU search.
+const ETHERNET_UDP_PAYLOAD: u16 = 1452;
+
+/// A sender's own path MTU search, for its uploads: one probe, straight to
+/// Ethernet's size, instead of quinn's binary search (four probes from
+/// 1200, each acknowledged). Most sender sessions carry one envelope, sent
+/// before a search of several round trips would end, so the probes were
+/// most of what such a session sent after its handshake; one probe still
+/// gives a long-lived sender (a bulk upload) full-size packets within a
+/// round trip. A path that drops the probe stays at 1200 until quinn
+/// searches again (every 10 minutes).
+fn sender_mtu_discovery() -> quinn::MtuDiscoveryConfig {
+    let mut mtud = quinn::MtuDiscoveryConfig::default();
+    mtud.upper_bound(ETHERNET_UDP_PAYLOAD);
+    // quinn probes the upper bound at once when the midpoint would change
+    // the MTU by less than this.
+    mtud.minimum_change(ETHERNET_UDP_PAYLOAD - SENDER_MAX_UDP_PAYLOAD);
+    mtud
+}
+
+/// A client endpoint on a fresh UDP port.
+fn endpoint(bind: SocketAddr, role: Role) -> Result<quinn::Endpoint, ClientError> {
+    let mut config = quinn::EndpointConfig::default();
+    if role == Role::Sender {
+        config
+            .max_udp_payload_size(SENDER_MAX_UDP_PAYLOAD)
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+    }
+    let socket = std::net::UdpSocket::bind(bind).map_err(ClientError::Io)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| ClientError::Io(std::io::Error::other("no async runtime found")))?;
+    quinn::Endpoint::new(config, None, socket, runtime).map_err(ClientError::Io)
+}
+
 /// Opens a QUIC connection on a fresh endpoint, with the given TLS policy
 /// (tests pass a classical-only provider to check that the relay refuses it).
 pub async fn connect_with(
     desc: &Descriptor,
+    role: Role,
     provider: Arc<CryptoProvider>,
 ) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
     let addr = resolve(desc)?;
@@ -131,8 +192,8 @@ pub async fn connect_with(
     } else {
         ([0u16; 8], 0).into()
     };
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(ClientError::Io)?;
-    endpoint.set_default_client_config(client_config(desc, provider)?);
+    let mut endpoint = endpoint(bind, role)?;
+    endpoint.set_default_client_config(client_config(desc, role, provider)?);
     let name = desc.host.trim_start_matches('[').trim_end_matches(']');
     let name = if name.parse::<std::net::IpAddr>().is_ok() {
         name
@@ -145,6 +206,7 @@ pub async fn connect_with(
 
 pub async fn connect(
     desc: &Descriptor,
+    role: Role,
 ) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
-    connect_with(desc, chappe_proto::tls::crypto_provider()).await
+    connect_with(desc, role, chappe_proto::tls::crypto_provider()).await
 }

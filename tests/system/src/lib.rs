@@ -317,7 +317,10 @@ pub struct Raw {
 
 impl Raw {
     pub async fn connect(desc: &Descriptor) -> Raw {
-        let (endpoint, conn) = chappe_client::transport::connect(desc).await.unwrap();
+        let (endpoint, conn) =
+            chappe_client::transport::connect(desc, chappe_client::transport::Role::Owner)
+                .await
+                .unwrap();
         let mut exporter = [0u8; 32];
         conn.export_keying_material(&mut exporter, chappe_proto::noise::EXPORTER_LABEL, b"")
             .unwrap();

@@ -85,13 +85,55 @@ async fn classical_only_tls_client_fails() {
         kx_groups: vec![aws_lc_rs::kx_group::X25519, aws_lc_rs::kx_group::SECP256R1],
         ..aws_lc_rs::default_provider()
     });
-    let r = transport::connect_with(&desc, classical).await;
+    let r = transport::connect_with(&desc, transport::Role::Sender, classical).await;
     assert!(
         matches!(r, Err(ClientError::Connection(_))),
         "classical-only client connected: {:?}",
         r.err()
     );
     // The same client with the hybrid group connects.
-    transport::connect(&desc).await.unwrap();
+    transport::connect(&desc, transport::Role::Sender)
+        .await
+        .unwrap();
     assert!(relay.metric("chappe_handshakes_total{mode=\"tls\",result=\"failed\"}") >= Some(1.0));
+}
+
+/// A sender's endpoint takes no datagram larger than QUIC's minimum, so the
+/// relay sends no path MTU probes into its connection, and it probes its own
+/// path once, straight to 1452 bytes; an owner's endpoint keeps quinn's
+/// search both ways (PROTOCOL.md 3.2). quinn's probes are PING frames, and
+/// nothing else sends one here: the relay sends no keep-alives, the
+/// client's come after 15 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_connections_probe_once_and_are_not_probed() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path());
+    let desc = relay.descriptor();
+    let (_sender_ep, sender) = transport::connect(&desc, transport::Role::Sender)
+        .await
+        .unwrap();
+    let (_owner_ep, owner) = transport::connect(&desc, transport::Role::Owner)
+        .await
+        .unwrap();
+    // Loopback carries 1452 bytes: both searches end there, the owner's
+    // after several probes, and the relay's towards the owner too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !(sender.stats().path.current_mtu == 1452
+        && owner.stats().path.current_mtu == 1452
+        && owner.stats().frame_rx.ping >= 2)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "MTU searches did not end: sender {:?}, owner {:?}",
+            sender.stats().path,
+            owner.stats().path
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Time for any probe the relay would still send the sender.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (s, o) = (sender.stats(), owner.stats());
+    assert_eq!(s.path.sent_plpmtud_probes, 1, "sender: {:?}", s.path);
+    assert!(o.path.sent_plpmtud_probes > 1, "owner: {:?}", o.path);
+    assert_eq!(s.frame_rx.ping, 0, "the relay probed a sender's path");
 }
