@@ -18,13 +18,12 @@
 
 use bytes::{Bytes, BytesMut};
 use chappe_proto::frame::Frame;
-use chappe_proto::noise::dh::X25519;
+use chappe_proto::noise::dh::{SecretKey, X25519};
 use chappe_proto::noise::{
     EXPORTER_LEN, HandshakeError, Hello, Keypair, MAX_HANDSHAKE_MSG, PROTOCOL_VERSION, prologue,
 };
 use noise_protocol::patterns::HandshakePattern;
-use noise_protocol::{DH, HandshakeState, HandshakeStateBuilder, U8Array};
-use noise_rust_crypto::sensitive::Sensitive;
+use noise_protocol::{DH, HandshakeState, HandshakeStateBuilder};
 use noise_rust_crypto::{Aes256Gcm, Sha256};
 
 /// The relay's Noise static secret in every handshake target.
@@ -137,7 +136,7 @@ pub fn is_low_order(pk: &[u8]) -> bool {
     let Some(Ok(pk)) = pk.get(..32).map(<[u8; 32]>::try_from) else {
         return false;
     };
-    X25519::dh(&Sensitive::from_slice(&[0x5a; 32]), &pk).is_err()
+    X25519::dh(&SecretKey::from([0x5a; 32]), &pk).is_err()
 }
 
 /// Checks the outcome of reading a message the fuzzer wrote itself: the
@@ -208,7 +207,7 @@ pub fn raw_state(
         .set_is_initiator(initiator)
         .set_prologue(&p);
     if let Some(s) = s {
-        b.set_s(Sensitive::from_slice(s));
+        b.set_s(SecretKey::from(*s));
     }
     if let Some(rs) = rs {
         b.set_rs(rs);

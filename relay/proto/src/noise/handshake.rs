@@ -14,12 +14,11 @@
 
 use noise_protocol::patterns::{noise_nk, noise_xk};
 use noise_protocol::{DH, ErrorKind, HandshakeState, HandshakeStateBuilder, U8Array};
-use noise_rust_crypto::sensitive::Sensitive;
 use noise_rust_crypto::{Aes256Gcm, Sha256};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use super::dh::X25519;
+use super::dh::{SecretKey, X25519};
 use super::payload::{Hello, MAX_PAYLOAD, PROTOCOL_VERSION, PayloadError};
 use crate::ALPN;
 use crate::ids::OwnerKey;
@@ -64,7 +63,7 @@ fn map_err(e: noise_protocol::Error) -> HandshakeError {
 
 /// A Noise static key pair (the relay's identity, or a mailbox owner's).
 pub struct Keypair {
-    secret: Sensitive<[u8; 32]>,
+    secret: SecretKey,
     public: [u8; 32],
 }
 
@@ -76,7 +75,7 @@ impl Keypair {
     }
 
     pub fn from_secret(bytes: [u8; 32]) -> Self {
-        let secret = Sensitive::from(Zeroizing::new(bytes));
+        let secret = SecretKey::from(bytes);
         let public = X25519::pubkey(&secret);
         Keypair { secret, public }
     }
@@ -87,11 +86,11 @@ impl Keypair {
 
     /// The secret scalar, for writing the key file; zeroed when dropped.
     pub fn secret_bytes(&self) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(*self.secret)
+        self.secret.to_bytes()
     }
 
-    fn secret_copy(&self) -> Sensitive<[u8; 32]> {
-        Sensitive::from_slice(self.secret.as_slice())
+    fn secret_copy(&self) -> SecretKey {
+        self.secret.clone()
     }
 }
 
