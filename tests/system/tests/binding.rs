@@ -137,3 +137,43 @@ async fn sender_connections_probe_once_and_are_not_probed() {
     assert!(o.path.sent_plpmtud_probes > 1, "owner: {:?}", o.path);
     assert_eq!(s.frame_rx.ping, 0, "the relay probed a sender's path");
 }
+
+/// A sender's endpoint names its one connection with a zero-length
+/// connection ID, so it issues no spare IDs and the relay issues it one; an
+/// owner's endpoint exchanges quinn's four spares each way, for moving to a
+/// new network unlinked (PROTOCOL.md 3.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_connections_use_zero_length_connection_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path());
+    let desc = relay.descriptor();
+    let (_sender_ep, sender) = transport::connect(&desc, transport::Role::Sender)
+        .await
+        .unwrap();
+    let (_owner_ep, owner) = transport::connect(&desc, transport::Role::Owner)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !(owner.stats().frame_rx.new_connection_id >= 4
+        && owner.stats().frame_tx.new_connection_id >= 4
+        && sender.stats().frame_rx.new_connection_id >= 1)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connection IDs not issued: sender {:?}, owner {:?}",
+            sender.stats().frame_rx,
+            owner.stats().frame_rx
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Time for any further ID either side would still issue.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (s, o) = (sender.stats(), owner.stats());
+    assert_eq!(s.frame_tx.new_connection_id, 0, "sender issued IDs");
+    assert_eq!(s.frame_rx.new_connection_id, 1, "relay issued a sender");
+    assert!(o.frame_tx.new_connection_id >= 4, "owner issued {o:?}");
+    assert!(
+        o.frame_rx.new_connection_id >= 4,
+        "relay issued an owner {o:?}"
+    );
+}

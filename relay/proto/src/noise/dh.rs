@@ -172,7 +172,8 @@ mod tests {
                 *PublicKey::from(&StaticSecret::from(*a.bytes)).as_bytes()
             );
             let ours = X25519::dh(&a, &X25519::pubkey(&b)).unwrap();
-            let dalek = StaticSecret::from(*a.bytes).diffie_hellman(&PublicKey::from(X25519::pubkey(&b)));
+            let dalek =
+                StaticSecret::from(*a.bytes).diffie_hellman(&PublicKey::from(X25519::pubkey(&b)));
             assert_eq!(ours.as_slice(), dalek.as_bytes());
         }
     }
@@ -190,7 +191,10 @@ mod tests {
             panic!("dh left no import behind");
         };
         assert!(Arc::ptr_eq(mine, theirs));
-        assert_eq!(X25519::dh(&copy, &pub_b).unwrap().as_slice(), first.as_slice());
+        assert_eq!(
+            X25519::dh(&copy, &pub_b).unwrap().as_slice(),
+            first.as_slice()
+        );
 
         let mut changed = U8Array::clone(&a);
         changed.as_mut().copy_from_slice(b.as_slice());
