@@ -18,6 +18,8 @@ pub enum ClientError {
     Resolve(String, String),
     #[error("TLS configuration: {0}")]
     Tls(String),
+    #[error("QUIC configuration: {0}")]
+    Quic(#[from] quinn::ConfigError),
     #[error("local socket: {0}")]
     Io(std::io::Error),
     #[error("connecting: {0}")]

@@ -179,8 +179,7 @@ fn endpoint(bind: SocketAddr, role: Role) -> Result<quinn::Endpoint, ClientError
     let mut config = quinn::EndpointConfig::default();
     if role == Role::Sender {
         config
-            .max_udp_payload_size(SENDER_MAX_UDP_PAYLOAD)
-            .map_err(|e| ClientError::Tls(e.to_string()))?
+            .max_udp_payload_size(SENDER_MAX_UDP_PAYLOAD)?
             .cid_generator(|| Box::new(RandomConnectionIdGenerator::new(0)));
     }
     let socket = std::net::UdpSocket::bind(bind).map_err(ClientError::Io)?;
