@@ -163,6 +163,9 @@ struct Forward {
     oks_per_sec: f64,
     /// From the send to the receiver reading it.
     latency: Percentiles,
+    /// From the send to its sender reading the OK: with one sender and a
+    /// window of 1, a relay's single-sender round trip with no disk.
+    ok_latency: Percentiles,
     #[serde(flatten)]
     server: ServerUsage,
 }
@@ -531,6 +534,7 @@ async fn forward(
     // Counted, with the latency from send to receipt, by the receiver.
     let delivered = Counter::new()?;
     let oks = Arc::new(AtomicU64::new(0));
+    let ok_times = Counter::new()?;
     let epoch = Instant::now();
     let receiver = if a.fwd_no_receiver {
         None
@@ -570,16 +574,24 @@ async fn forward(
     for _ in 0..a.fwd_senders.max(1) {
         let conn = connect(&endpoint(cfg)?, addr).await?;
         let window = Arc::new(tokio::sync::Semaphore::new(a.fwd_window.max(1)));
-        let oks = oks.clone();
+        let (oks, ok_times) = (oks.clone(), ok_times.clone());
+        // Send instants, oldest first: the server answers in order.
+        let sent = Arc::new(std::sync::Mutex::new(
+            std::collections::VecDeque::<Instant>::new(),
+        ));
         senders.push(tokio::spawn(async move {
             let (mut s, mut r) = conn.open_bi().await?;
             s.write_all(b"S").await?;
             let oks = {
-                let window = window.clone();
+                let (window, sent) = (window.clone(), sent.clone());
                 tokio::spawn(async move {
                     let mut ok = [0u8; 4];
                     while r.read_exact(&mut ok).await.is_ok() {
                         oks.fetch_add(1, Ordering::Relaxed);
+                        let began = sent.lock().ok().and_then(|mut q| q.pop_front());
+                        if let Some(began) = began {
+                            ok_times.hit(began.elapsed());
+                        }
                         window.add_permits(1);
                     }
                 })
@@ -590,6 +602,9 @@ async fn forward(
                 let now = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
                 if let Some(stamp) = body.get_mut(..8) {
                     stamp.copy_from_slice(&now.to_be_bytes());
+                }
+                if let Ok(mut q) = sent.lock() {
+                    q.push_back(Instant::now());
                 }
                 s.write_chunk(msg(&body)?).await?;
             }
@@ -622,6 +637,7 @@ async fn forward(
         oks: ok_count,
         oks_per_sec: ok_count as f64 / seconds,
         latency: delivered.latency(),
+        ok_latency: ok_times.latency(),
         server: ServerUsage::between(s0, s1),
     })
 }
