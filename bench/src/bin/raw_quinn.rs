@@ -533,8 +533,8 @@ async fn forward(
     let size = a.fwd_size.max(8);
     // Counted, with the latency from send to receipt, by the receiver.
     let delivered = Counter::new()?;
-    let oks = Arc::new(AtomicU64::new(0));
-    let ok_times = Counter::new()?;
+    // Counted, with the latency from send to OK, by each sender.
+    let oks = Counter::new()?;
     let epoch = Instant::now();
     let receiver = if a.fwd_no_receiver {
         None
@@ -574,7 +574,7 @@ async fn forward(
     for _ in 0..a.fwd_senders.max(1) {
         let conn = connect(&endpoint(cfg)?, addr).await?;
         let window = Arc::new(tokio::sync::Semaphore::new(a.fwd_window.max(1)));
-        let (oks, ok_times) = (oks.clone(), ok_times.clone());
+        let oks = oks.clone();
         // Send instants, oldest first: the server answers in order.
         let sent = Arc::new(std::sync::Mutex::new(
             std::collections::VecDeque::<Instant>::new(),
@@ -587,10 +587,10 @@ async fn forward(
                 tokio::spawn(async move {
                     let mut ok = [0u8; 4];
                     while r.read_exact(&mut ok).await.is_ok() {
-                        oks.fetch_add(1, Ordering::Relaxed);
-                        let began = sent.lock().ok().and_then(|mut q| q.pop_front());
+                        // Never empty: a send's instant is queued before it is written.
+                        let began = sent.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
                         if let Some(began) = began {
-                            ok_times.hit(began.elapsed());
+                            oks.hit(began.elapsed());
                         }
                         window.add_permits(1);
                     }
@@ -603,9 +603,9 @@ async fn forward(
                 if let Some(stamp) = body.get_mut(..8) {
                     stamp.copy_from_slice(&now.to_be_bytes());
                 }
-                if let Ok(mut q) = sent.lock() {
-                    q.push_back(Instant::now());
-                }
+                sent.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_back(Instant::now());
                 s.write_chunk(msg(&body)?).await?;
             }
             s.finish()?;
@@ -619,7 +619,7 @@ async fn forward(
     }
     let seconds = t0.elapsed().as_secs_f64();
     let count = delivered.count();
-    let ok_count = oks.load(Ordering::Relaxed);
+    let ok_count = oks.count();
     let s1 = proc_sample(pid);
     if let Some((rconn, task)) = receiver {
         rconn.close(0u32.into(), b"done");
@@ -637,7 +637,7 @@ async fn forward(
         oks: ok_count,
         oks_per_sec: ok_count as f64 / seconds,
         latency: delivered.latency(),
-        ok_latency: ok_times.latency(),
+        ok_latency: oks.latency(),
         server: ServerUsage::between(s0, s1),
     })
 }
