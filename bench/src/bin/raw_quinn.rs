@@ -599,13 +599,16 @@ async fn forward(
             let mut body = vec![0x5a_u8; size];
             while Instant::now() < deadline {
                 window.acquire().await?.forget();
-                let now = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+                // One clock read for both the receiver's stamp and the OK's.
+                let began = Instant::now();
+                let now =
+                    u64::try_from(began.duration_since(epoch).as_micros()).unwrap_or(u64::MAX);
                 if let Some(stamp) = body.get_mut(..8) {
                     stamp.copy_from_slice(&now.to_be_bytes());
                 }
                 sent.lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push_back(Instant::now());
+                    .push_back(began);
                 s.write_chunk(msg(&body)?).await?;
             }
             s.finish()?;
