@@ -203,13 +203,13 @@ pub async fn connect_with(
     };
     let mut endpoint = endpoint(bind, role)?;
     endpoint.set_default_client_config(client_config(desc, role, provider)?);
-    let name = desc.host.trim_start_matches('[').trim_end_matches(']');
-    let name = if name.parse::<std::net::IpAddr>().is_ok() {
-        name
-    } else {
-        chappe_proto::tls::DEFAULT_SERVER_NAME
+    // The pinned fingerprint's hint, never the real host name: a relay in
+    // a key-rotation overlap presents the certificate this client pins.
+    let name = match &desc.tls_fingerprint {
+        Some(fp) => chappe_proto::tls::key_hint_name(fp),
+        None => chappe_proto::tls::DEFAULT_SERVER_NAME.to_string(),
     };
-    let conn = endpoint.connect(addr, name)?.await?;
+    let conn = endpoint.connect(addr, &name)?.await?;
     Ok((endpoint, conn))
 }
 

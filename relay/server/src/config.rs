@@ -18,6 +18,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:4433";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 /// State directory when none is configured, relative to the working directory.
 pub const DEFAULT_STATE_DIR: &str = "chappe-data";
+/// How long a rotated-out key keeps working: 14 days, long enough for
+/// clients that sync their relay list weekly to pick up the new descriptor.
+pub const DEFAULT_ROTATION_OVERLAP_SECS: u64 = 14 * 86_400;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -62,6 +65,14 @@ struct File {
     store: StoreFile,
     #[serde(default)]
     log: LogFile,
+    #[serde(default)]
+    keys: KeysFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    rotation_overlap_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -120,6 +131,9 @@ pub struct Config {
     /// `[store] cache_mib`: see [`chappe_store::StoreConfig::cache_bytes`].
     pub cache_mib: u64,
     pub log_level: String,
+    /// `[keys] rotation_overlap_secs`: how long a rotated-out relay key
+    /// keeps working for clients still pinned to it.
+    pub rotation_overlap: Duration,
     /// Settings that load but no longer do anything, with what to do about
     /// them; logged at start and printed by `check-config`.
     pub warnings: Vec<String>,
@@ -307,6 +321,13 @@ impl Config {
             journal_mib: range("store.journal_mib", file.store.journal_mib, 64, 1, 4096)?,
             cache_mib: range("store.cache_mib", file.store.cache_mib, 1024, 16, 1 << 20)?,
             log_level,
+            rotation_overlap: Duration::from_secs(range(
+                "keys.rotation_overlap_secs",
+                file.keys.rotation_overlap_secs,
+                DEFAULT_ROTATION_OVERLAP_SECS,
+                0,
+                365 * 86_400,
+            )?),
             warnings: file
                 .store
                 .quick_repair
@@ -319,6 +340,27 @@ impl Config {
                 .into_iter()
                 .collect(),
         })
+    }
+
+    /// The keys set differently in `new` that only a restart applies.
+    pub fn needs_restart(&self, new: &Config) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if self.listen != new.listen {
+            keys.push("listen");
+        }
+        if self.state_dir != new.state_dir {
+            keys.push("state_dir");
+        }
+        if self.metrics_listen != new.metrics_listen {
+            keys.push("metrics.listen");
+        }
+        if self.journal_mib != new.journal_mib {
+            keys.push("store.journal_mib");
+        }
+        if self.cache_mib != new.cache_mib {
+            keys.push("store.cache_mib");
+        }
+        keys
     }
 
     /// The store's settings: the file in the state directory, the limits

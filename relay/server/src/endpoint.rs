@@ -4,26 +4,48 @@
 //! would let the relay link an anonymous sender's connections to one another
 //! or to its owner session).
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::Context;
 use quinn::crypto::rustls::QuicServerConfig;
-use rustls::server::NoServerSessionStorage;
-use tokio::sync::Semaphore;
+use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::sync::Notify;
 
 use crate::config::Limits;
-use crate::keys::Keys;
-use crate::relay::Relay;
+use crate::keys::KeyRing;
+use crate::relay::{Live, Relay};
+use crate::service::ProbeRequests;
 use crate::session;
 
-pub fn server_config(keys: &Keys, limits: &Limits) -> anyhow::Result<quinn::ServerConfig> {
+/// Presents the certificate of the key generation the client pins (named
+/// by its server name, see [`KeyRing::select`]); read at every handshake,
+/// so a reload that rotates keys applies to the next connection.
+struct PinnedCert(Arc<Live<KeyRing>>);
+
+impl std::fmt::Debug for PinnedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PinnedCert")
+    }
+}
+
+impl ResolvesServerCert for PinnedCert {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.get().select(hello.server_name()).certified.clone())
+    }
+}
+
+pub fn server_config(
+    keys: Arc<Live<KeyRing>>,
+    limits: &Limits,
+) -> anyhow::Result<quinn::ServerConfig> {
     let mut tls = rustls::ServerConfig::builder_with_provider(chappe_proto::tls::crypto_provider())
         .with_protocol_versions(chappe_proto::tls::VERSIONS)
         .context("TLS 1.3 with the aws-lc-rs provider")?
         .with_no_client_auth()
-        .with_single_cert(vec![keys.cert.clone()], keys.tls_key.clone_key())
-        .context("loading the TLS certificate and key")?;
+        .with_cert_resolver(Arc::new(PinnedCert(keys)));
     tls.alpn_protocols = vec![chappe_proto::ALPN.to_vec()];
     tls.max_early_data_size = 0;
     tls.send_tls13_tickets = 0;
@@ -47,11 +69,18 @@ pub fn server_config(keys: &Keys, limits: &Limits) -> anyhow::Result<quinn::Serv
     Ok(cfg)
 }
 
-/// Binds the endpoint, speaking QUIC version 1 only (quinn would also accept
+/// Binds the endpoint on `addr`, or on the socket systemd passed
+/// (`inherited`), speaking QUIC version 1 only (quinn would also accept
 /// the pre-RFC drafts, which nothing of ours needs).
-pub fn bind(addr: SocketAddr, cfg: quinn::ServerConfig) -> anyhow::Result<quinn::Endpoint> {
-    let socket =
-        std::net::UdpSocket::bind(addr).with_context(|| format!("binding QUIC on {addr} (udp)"))?;
+pub fn bind(
+    addr: SocketAddr,
+    inherited: Option<UdpSocket>,
+    cfg: quinn::ServerConfig,
+) -> anyhow::Result<quinn::Endpoint> {
+    let socket = match inherited {
+        Some(s) => s,
+        None => UdpSocket::bind(addr).with_context(|| format!("binding QUIC on {addr} (udp)"))?,
+    };
     let mut endpoint = quinn::EndpointConfig::default();
     endpoint.supported_versions(vec![QUIC_V1]);
     let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
@@ -62,19 +91,63 @@ pub fn bind(addr: SocketAddr, cfg: quinn::ServerConfig) -> anyhow::Result<quinn:
 /// RFC 9000.
 const QUIC_V1: u32 = 1;
 
+/// Connections being served, against `limits.max_connections` as it is
+/// at each accept (a reload may raise or lower it).
+#[derive(Default)]
+pub struct Slots {
+    taken: AtomicU32,
+    freed: Notify,
+}
+
+/// One connection's place; given back when dropped.
+pub struct Slot(Arc<Slots>);
+
+impl Slots {
+    fn try_take(self: &Arc<Self>, max: u32) -> Option<Slot> {
+        self.taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.clone()))
+    }
+
+    async fn all_free(&self) {
+        loop {
+            let freed = self.freed.notified();
+            if self.taken.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            freed.await;
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.taken.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_waiters();
+    }
+}
+
 /// Accepts connections until shutdown; returns once every session ended or
-/// the grace period ran out.
-pub async fn serve(endpoint: quinn::Endpoint, relay: Arc<Relay>) {
-    let max = relay.limits.max_connections;
-    let slots = Arc::new(Semaphore::new(usize::try_from(max).unwrap_or(20_000)));
+/// the grace period ran out. Between connections it answers the
+/// watchdog's probes, which shows that it turns over.
+pub async fn serve(endpoint: quinn::Endpoint, relay: Arc<Relay>, mut probes: ProbeRequests) {
+    let slots = Arc::new(Slots::default());
     let mut shutdown = relay.shutdown.clone();
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => i,
+            Some(answer) = probes.recv() => {
+                let _ = answer.send(());
+                continue;
+            }
             _ = shutdown.wait() => break,
         };
         let Some(incoming) = incoming else { break };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let max = relay.limits().max_connections;
+        let Some(slot) = slots.try_take(max) else {
             tracing::warn!("connection refused: limits.max_connections ({max}) reached");
             incoming.refuse();
             continue;
@@ -84,11 +157,11 @@ pub async fn serve(endpoint: quinn::Endpoint, relay: Arc<Relay>) {
         // the one inside, for the whole life of every connection. Boxed, so
         // the session future does not reserve it either. The accept itself
         // starts in the task, so this loop only hands connections out.
-        tokio::spawn(session::run(relay.clone(), Box::new(incoming), permit));
+        tokio::spawn(session::run(relay.clone(), Box::new(incoming), slot));
     }
     // Sessions see the same shutdown signal: they stop reading, answer what
     // is in flight, and close with `shutting down`.
-    let _ = tokio::time::timeout(relay.limits.shutdown_grace, slots.acquire_many(max)).await;
+    let _ = tokio::time::timeout(relay.limits().shutdown_grace, slots.all_free()).await;
     endpoint.close(
         chappe_proto::CloseCode::ShuttingDown.to_u32().into(),
         chappe_proto::CloseCode::ShuttingDown.reason().as_bytes(),

@@ -29,8 +29,18 @@ use tokio::net::TcpListener;
 use crate::relay::Relay;
 use crate::shutdown::Shutdown;
 
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+/// Binds `addr`, or takes the listener systemd passed (`inherited`).
+pub async fn bind(
+    addr: SocketAddr,
+    inherited: Option<std::net::TcpListener>,
+) -> std::io::Result<TcpListener> {
+    match inherited {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            TcpListener::from_std(l)
+        }
+        None => TcpListener::bind(addr).await,
+    }
 }
 
 /// What the listener reports on: the metrics registry from the start, the

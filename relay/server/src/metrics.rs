@@ -25,6 +25,8 @@ pub struct Metrics {
     pub store_journal_bytes: IntGauge,
     pub store_failed: IntGauge,
     pub ready: IntGauge,
+    pub reloads_total: IntCounterVec,
+    pub key_generations: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(
@@ -158,8 +160,28 @@ impl Metrics {
                 &r,
                 IntGauge::new("ready", "1 while the relay accepts connections.")?,
             )?,
+            reloads_total: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "reloads_total",
+                        "Configuration reloads (SIGHUP), by result: ok, or failed (the running configuration was kept).",
+                    ),
+                    &["result"],
+                )?,
+            )?,
+            key_generations: reg(
+                &r,
+                IntGauge::new(
+                    "key_generations",
+                    "Relay key generations presented: 2 during a rotation overlap, else 1.",
+                )?,
+            )?,
             registry: r,
         };
+        for result in ["ok", "failed"] {
+            m.reloads_total.with_label_values(&[result]);
+        }
         for code in ResultCode::ALL {
             m.envelopes_received_total.with_label_values(&[code.name()]);
         }

@@ -1,12 +1,17 @@
 //! The state every session shares: store, router, keys, limits, metrics.
+//!
+//! Keys and limits can change while the relay runs (a reload): each is an
+//! `Arc` behind a lock, swapped whole, and a session takes a snapshot when
+//! it needs one, so it never sees half of an old and half of a new set.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
-use chappe_proto::noise::Keypair;
 use chappe_store::Store;
 
 use crate::config::Limits;
+use crate::keys::KeyRing;
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::shutdown::Shutdown;
@@ -14,10 +19,10 @@ use crate::shutdown::Shutdown;
 pub struct Relay {
     pub store: Store,
     pub router: Router,
-    pub noise: Keypair,
-    pub limits: Limits,
     pub metrics: Metrics,
     pub shutdown: Shutdown,
+    keys: Arc<Live<KeyRing>>,
+    limits: Live<Limits>,
     ready: AtomicBool,
     next_session: AtomicU64,
 }
@@ -25,7 +30,7 @@ pub struct Relay {
 impl Relay {
     pub fn new(
         store: Store,
-        noise: Keypair,
+        keys: KeyRing,
         limits: Limits,
         metrics: Metrics,
         shutdown: Shutdown,
@@ -33,13 +38,63 @@ impl Relay {
         Arc::new(Relay {
             store,
             router: Router::default(),
-            noise,
-            limits,
             metrics,
             shutdown,
+            keys: Arc::new(Live::new(keys)),
+            limits: Live::new(limits),
             ready: AtomicBool::new(false),
             next_session: AtomicU64::new(1),
         })
+    }
+
+    /// The key generations in force now.
+    pub fn keys(&self) -> Arc<KeyRing> {
+        self.keys.get()
+    }
+
+    /// The same, shared with the TLS certificate resolver.
+    pub fn live_keys(&self) -> Arc<Live<KeyRing>> {
+        self.keys.clone()
+    }
+
+    pub fn set_keys(&self, keys: KeyRing) {
+        self.keys.set(keys);
+    }
+
+    /// The limits in force now.
+    pub fn limits(&self) -> Arc<Limits> {
+        self.limits.get()
+    }
+
+    pub fn set_limits(&self, limits: Limits) {
+        self.limits.set(limits);
+    }
+
+    /// What `systemctl status` shows: where it listens, which key it
+    /// presents, how busy it is.
+    pub fn status_line(&self, listen: SocketAddr) -> String {
+        let fp = self.keys().current.fingerprint;
+        let fp = fp.get(..4).map(hex_upper).unwrap_or_default();
+        let owners = self
+            .metrics
+            .connections_active
+            .with_label_values(&["owner"])
+            .get();
+        let senders = self
+            .metrics
+            .connections_active
+            .with_label_values(&["sender"])
+            .get();
+        let s = self.store.stats();
+        let state = if self.is_ready() {
+            "serving"
+        } else {
+            "not ready"
+        };
+        format!(
+            "{state} on {listen}/udp, certificate {fp}…; sessions: {owners} owner, {senders} sender; stored: {} envelopes in {} mailboxes",
+            s.envelopes, s.mailboxes
+        )
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -74,5 +129,31 @@ impl Relay {
         }
         m.store_journal_bytes.set(clamp(s.journal_bytes));
         m.store_failed.set(i64::from(s.failed));
+        m.key_generations
+            .set(1 + i64::from(self.keys().previous.is_some()));
+    }
+}
+
+fn hex_upper(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// A value a reload replaces whole; readers take a snapshot.
+pub struct Live<T>(RwLock<Arc<T>>);
+
+impl<T> Live<T> {
+    pub fn new(value: T) -> Self {
+        Live(RwLock::new(Arc::new(value)))
+    }
+
+    pub fn get(&self) -> Arc<T> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set(&self, value: T) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(value);
     }
 }

@@ -31,7 +31,6 @@ use chappe_proto::{OwnerKey, ReceiveId};
 use redb::{Database, Durability};
 use tokio::sync::oneshot;
 
-use crate::config::StoreConfig;
 use crate::effect::Effect;
 use crate::error::{RequestError, StoreError};
 use crate::memtable::MemTable;
@@ -157,6 +156,8 @@ pub(crate) enum BarrierOp {
     Create {
         owner: OwnerKey,
         tokens: Box<TokenList>,
+        /// `max_mailboxes_per_owner` when the writer took the request.
+        max_owned: u32,
     },
     Delete {
         owner: OwnerKey,
@@ -225,7 +226,6 @@ struct Applied {
 
 pub(crate) struct Applier {
     db: Arc<Database>,
-    cfg: StoreConfig,
     shared: Arc<Shared>,
     totals: Totals,
     mark: JournalMark,
@@ -243,7 +243,6 @@ pub(crate) struct Applier {
 impl Applier {
     pub(crate) fn new(
         db: Arc<Database>,
-        cfg: StoreConfig,
         shared: Arc<Shared>,
         totals: Totals,
         mark: JournalMark,
@@ -251,7 +250,6 @@ impl Applier {
     ) -> Self {
         Applier {
             db,
-            cfg,
             shared,
             totals,
             mark,
@@ -505,9 +503,11 @@ impl Applier {
             if with_barriers {
                 for b in &self.barriers {
                     let answer = match &b.op {
-                        BarrierOp::Create { owner, tokens } => {
-                            tx.create(&self.cfg, owner, tokens).map(Answer::Info)
-                        }
+                        BarrierOp::Create {
+                            owner,
+                            tokens,
+                            max_owned,
+                        } => tx.create(*max_owned, owner, tokens).map(Answer::Info),
                         BarrierOp::Delete { owner, id } => tx.delete(owner, id).map(|()| {
                             out.deleted.push(*id);
                             Answer::Unit

@@ -53,8 +53,42 @@ impl StoreConfig {
         }
     }
 
+    /// The limits a running store can change ([`crate::Store::set_quotas`]).
+    pub fn quotas(&self) -> Quotas {
+        Quotas {
+            max_envelopes_per_mailbox: self.max_envelopes_per_mailbox,
+            max_bytes_per_mailbox: self.max_bytes_per_mailbox,
+            max_mailboxes_per_owner: self.max_mailboxes_per_owner,
+            envelope_ttl: self.envelope_ttl,
+            min_free_disk_bytes: self.min_free_disk_bytes,
+            max_store_bytes: self.max_store_bytes,
+        }
+    }
+
+    pub(crate) fn set_quotas(&mut self, q: &Quotas) {
+        self.max_envelopes_per_mailbox = q.max_envelopes_per_mailbox;
+        self.max_bytes_per_mailbox = q.max_bytes_per_mailbox;
+        self.max_mailboxes_per_owner = q.max_mailboxes_per_owner;
+        self.envelope_ttl = q.envelope_ttl;
+        self.min_free_disk_bytes = q.min_free_disk_bytes;
+        self.max_store_bytes = q.max_store_bytes;
+    }
+
     /// The journal file: next to the database, `store.redb` → `store.journal`.
     pub fn journal_path(&self) -> PathBuf {
         self.path.with_extension("journal")
     }
+}
+
+/// The store's limits that apply to requests from the moment they are set
+/// (a configuration reload), unlike the file paths and sizes, which are
+/// fixed when the store opens. Fields as in [`StoreConfig`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quotas {
+    pub max_envelopes_per_mailbox: u32,
+    pub max_bytes_per_mailbox: u64,
+    pub max_mailboxes_per_owner: u32,
+    pub envelope_ttl: Duration,
+    pub min_free_disk_bytes: u64,
+    pub max_store_bytes: u64,
 }

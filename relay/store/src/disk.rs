@@ -29,6 +29,12 @@ impl DiskGauge {
         }
     }
 
+    /// A new watermark, checked against at the next look.
+    pub(crate) fn set_min_free(&mut self, min_free: u64) {
+        self.min_free = min_free;
+        self.checked = None;
+    }
+
     /// Whether free space is below the watermark, as of at most `RECHECK`
     /// ago. If `statvfs` fails the store keeps accepting: a broken check
     /// must not take the relay down, and a truly full disk still fails the

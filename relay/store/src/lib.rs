@@ -75,7 +75,7 @@ mod writer;
 mod tests;
 
 pub use answers::{Answered, Answers};
-pub use config::StoreConfig;
+pub use config::{Quotas, StoreConfig};
 pub use error::{RequestError, StoreError};
 pub use reads::{CheckReport, MAX_PROBLEMS};
 pub use request::{Enqueued, MailboxInfo, StoredEnvelope};

@@ -16,7 +16,6 @@ use std::collections::hash_map::Entry;
 use chappe_proto::{OwnerKey, ReceiveId};
 use redb::{ReadableTable, Table, WriteTransaction};
 
-use crate::config::StoreConfig;
 use crate::error::{RequestError, StoreError};
 use crate::records::{
     ENVELOPE_HEADER, MailboxRecord, TokenList, byte_len, may_have_parts, read_envelope,
@@ -159,7 +158,7 @@ impl<'t> Tx<'t> {
 
     pub(crate) fn create(
         &mut self,
-        cfg: &StoreConfig,
+        max_owned: u32,
         owner: &OwnerKey,
         tokens: &TokenList,
     ) -> Result<MailboxInfo, Fail> {
@@ -169,7 +168,7 @@ impl<'t> Tx<'t> {
             row?;
             owned += 1;
         }
-        if owned >= u64::from(cfg.max_mailboxes_per_owner) {
+        if owned >= u64::from(max_owned) {
             return Err(RequestError::TooManyMailboxes.into());
         }
         let (id, send_id) = self.fresh_ids()?;

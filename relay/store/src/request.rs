@@ -93,6 +93,10 @@ pub(crate) enum Op {
     List {
         owner: OwnerKey,
     },
+    /// Answered at once: the writer is alive and taking requests.
+    Ping,
+    /// New limits for every request queued after this one.
+    SetQuotas(Box<crate::config::Quotas>),
 }
 
 /// What an applied operation produced, before anyone is told.

@@ -139,14 +139,7 @@ impl Store {
         } = recover(&cfg.journal_path(), cfg.journal_bytes, mark)?;
         let replayed = units.len();
         let shared = Arc::new(Shared::new(Counters::new(totals), &mark));
-        let mut applier = Applier::new(
-            db.clone(),
-            cfg.clone(),
-            shared.clone(),
-            totals,
-            mark,
-            journal.ring(),
-        );
+        let mut applier = Applier::new(db.clone(), shared.clone(), totals, mark, journal.ring());
         let last_seq = units.last().map_or(mark.seq, |u| u.seq);
         for unit in units {
             applier.take(unit);
@@ -387,6 +380,20 @@ impl Store {
             return Pending(Err(RequestError::BadRequest("too many sequence numbers")));
         }
         self.submit(Op::Ack { owner, id, seqs }, Reply::Unit)
+    }
+
+    /// Answers once the writer thread takes requests: for a watchdog that
+    /// must not vouch for a store whose writer hangs (on a stuck disk, say).
+    pub async fn ping(&self) -> Result<(), RequestError> {
+        self.submit(Op::Ping, Reply::Unit).wait().await
+    }
+
+    /// Applies new limits to every request queued after this call; answers
+    /// once the writer has taken them.
+    pub async fn set_quotas(&self, quotas: crate::config::Quotas) -> Result<(), RequestError> {
+        self.submit(Op::SetQuotas(Box::new(quotas)), Reply::Unit)
+            .wait()
+            .await
     }
 
     /// Counters as of the last commit; no database access.

@@ -292,7 +292,13 @@ impl Writer {
                 .map(Answer::Swept)
                 .map_err(RequestError::Internal),
             Op::Create { owner, tokens } => {
-                self.barrier(b, d, BarrierOp::Create { owner, tokens }, reply);
+                let max_owned = self.cfg.max_mailboxes_per_owner;
+                let op = BarrierOp::Create {
+                    owner,
+                    tokens,
+                    max_owned,
+                };
+                self.barrier(b, d, op, reply);
                 return;
             }
             Op::Delete { owner, id } => match self.owned(b, &owner, &id) {
@@ -328,6 +334,12 @@ impl Writer {
                 return;
             }
             Op::List { owner } => self.list(b, &owner).map(Answer::List),
+            Op::Ping => Ok(Answer::Unit),
+            Op::SetQuotas(q) => {
+                self.cfg.set_quotas(&q);
+                self.disk.set_min_free(q.min_free_disk_bytes);
+                Ok(Answer::Unit)
+            }
         };
         d.answers.push((reply, out));
     }

@@ -24,7 +24,6 @@ use chappe_proto::noise::{
     wire,
 };
 use thiserror::Error;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
 
 use crate::relay::Relay;
@@ -90,7 +89,7 @@ impl SessionError {
 
 /// Serves one incoming connection to its end; `_slot` is its place under
 /// `limits.max_connections`, given back when the session is over.
-pub async fn run(relay: Arc<Relay>, incoming: Box<quinn::Incoming>, _slot: OwnedSemaphorePermit) {
+pub async fn run(relay: Arc<Relay>, incoming: Box<quinn::Incoming>, _slot: crate::endpoint::Slot) {
     let conn = match (*incoming).await {
         Ok(c) => c,
         Err(e) => {
@@ -130,7 +129,7 @@ async fn serve(relay: &Arc<Relay>, conn: &quinn::Connection) -> Result<(), Sessi
     // Boxed: the handshake's state (Noise keys, buffers) is needed once,
     // and inline it would size every session's future for its whole life.
     let hs = timeout(
-        relay.limits.handshake_timeout,
+        relay.limits().handshake_timeout,
         Box::pin(handshake(relay, conn, &exporter)),
     );
     let (mode, send, reader, owner) = match hs.await {
@@ -181,11 +180,14 @@ async fn handshake(
 ) -> Result<Handshaken, SessionError> {
     let (mut send, recv) = conn.accept_bi().await?;
     let mut reader = FrameReader::new(recv);
+    // The Noise key of the generation whose certificate TLS presented.
+    let keys = relay.keys();
+    let noise = &keys.select(server_name(conn).as_deref()).noise;
     let mode = reader.read_mode().await?;
     let msg1 = reader.read_handshake().await?;
     match mode {
         Mode::Owner => {
-            let resp = OwnerResponder::read_request(&relay.noise, exporter, &msg1)?;
+            let resp = OwnerResponder::read_request(noise, exporter, &msg1)?;
             let (wait, msg2) = resp.respond(&Hello::default())?;
             send.write_all(&wire::encode_message(&msg2)).await?;
             let msg3 = reader.read_handshake().await?;
@@ -193,10 +195,19 @@ async fn handshake(
             Ok((mode, send, reader, Some(owner)))
         }
         Mode::Sender => {
-            let resp = SenderResponder::read_request(&relay.noise, exporter, &msg1)?;
+            let resp = SenderResponder::read_request(noise, exporter, &msg1)?;
             let (msg2, _est) = resp.respond(&Hello::default())?;
             send.write_all(&wire::encode_message(&msg2)).await?;
             Ok((mode, send, reader, None))
         }
     }
+}
+
+/// The server name (SNI) the client sent, which names the key generation
+/// it pins.
+fn server_name(conn: &quinn::Connection) -> Option<String> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .server_name
 }

@@ -233,7 +233,7 @@ impl Owner<'_> {
     /// The frame to send for a live push, if it continues the cursor within
     /// the window; otherwise the mailbox is marked for a catch-up read.
     fn on_push(&mut self, push: Push) -> Option<Frame> {
-        let window = self.relay.limits.delivery_window;
+        let window = self.relay.limits().delivery_window;
         let sub = self.subs.get_mut(&push.mailbox)?;
         if push.seq < sub.cursor {
             return None; // already delivered from the store
@@ -255,7 +255,7 @@ impl Owner<'_> {
 
     /// The subscriptions that need a catch-up read and have room for it.
     fn lagging(&self) -> impl Iterator<Item = ReceiveId> + '_ {
-        let window = self.relay.limits.delivery_window;
+        let window = self.relay.limits().delivery_window;
         self.subs
             .iter()
             .filter(move |(_, s)| s.need_fetch && s.inflight < window)
@@ -268,7 +268,7 @@ impl Owner<'_> {
 
     /// Catches up every subscription that fell behind, within its window.
     async fn pump(&mut self) {
-        let window = self.relay.limits.delivery_window;
+        let window = self.relay.limits().delivery_window;
         loop {
             let ids: Vec<ReceiveId> = self.lagging().collect();
             if ids.is_empty() {

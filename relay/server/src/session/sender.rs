@@ -44,7 +44,7 @@ pub async fn run(
     send: quinn::SendStream,
     mut reader: FrameReader,
 ) -> Result<(), SessionError> {
-    let max = usize::try_from(relay.limits.max_inflight_sends).unwrap_or(1024);
+    let max = usize::try_from(relay.limits().max_inflight_sends).unwrap_or(1024);
     let flow = Arc::new(Flow {
         answers: Answers::new(),
         permits: Semaphore::new(max),
@@ -87,7 +87,7 @@ pub async fn run(
     // even while stopping), unless that takes longer than the grace period.
     flow.done.store(true, Ordering::Release);
     flow.answers.ring();
-    if tokio::time::timeout(relay.limits.shutdown_grace, &mut answerer)
+    if tokio::time::timeout(relay.limits().shutdown_grace, &mut answerer)
         .await
         .is_err()
     {
