@@ -268,7 +268,7 @@ fn main() -> Result<()> {
     };
     let card = Card::new(
         &identity,
-        desc.to_string(),
+        &desc,
         SendId(SEND_ID),
         DeliveryToken([6; 32]),
         mailbox.public_key().clone(),

@@ -1,8 +1,9 @@
 //! `Descriptor` parsing (`str::parse`) and its `Display`.
 //!
 //! Two checks per input:
-//! - the input as text (if UTF-8): whatever parses prints as a descriptor
-//!   that parses to the same value, and printing is idempotent;
+//! - the input as text (if UTF-8): whatever parses prints as exactly the
+//!   input without its surrounding ASCII whitespace (one spelling per
+//!   descriptor), and that parses to the same value;
 //! - the input as fields (keys, port, host): a descriptor built from them
 //!   prints as text that parses back to it exactly when the host is a DNS
 //!   name, IPv4 address or bracketed IPv6 address and the port is not 0,
@@ -30,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(d) = text.parse::<Descriptor>() {
             let printed = d.to_string();
+            assert_eq!(printed, text.trim_ascii(), "descriptor text is not canonical");
             assert_eq!(printed.parse::<Descriptor>().as_ref(), Ok(&d), "{printed}");
             assert_eq!(
                 printed

@@ -9,8 +9,11 @@
 //!
 //! `chappe-card1:` followed by the binary form below in base64url without
 //! padding (RFC 4648 §5; padding, non-canonical trailing bits and characters
-//! outside the alphabet are rejected). Leading and trailing whitespace around
-//! the line is ignored, since copy and paste adds it; nothing else is.
+//! outside the alphabet are rejected). Leading and trailing ASCII whitespace
+//! (space, tab, line feed, form feed, carriage return) is removed first,
+//! since copy and paste adds it; nothing else is. What remains may be at
+//! most [`MAX_CARD_TEXT`] bytes (3216, the longest valid card), checked
+//! before anything is decoded.
 //!
 //! # Binary form
 //!
@@ -19,7 +22,7 @@
 //! | offset | length | field |
 //! | -----: | -----: | ----- |
 //! | 0 | 2 | `R`, u16, 1 ≤ `R` ≤ [`MAX_RELAY_LEN`] |
-//! | 2 | `R` | relay descriptor, UTF-8 without control characters (opaque here) |
+//! | 2 | `R` | relay descriptor: printable ASCII (`0x21..=0x7e`) that parses as a [`Descriptor`] |
 //! | 2 + `R` | 32 | send id |
 //! | 34 + `R` | 32 | delivery token |
 //! | 66 + `R` | 1216 | mailbox X-Wing public key |
@@ -29,6 +32,12 @@
 //! Total `1378 + R` bytes; no bytes may follow. The signature covers the
 //! 21 ASCII bytes `"chappe/1 contact card"` followed by bytes `0 .. 1314 + R`
 //! (everything before the signature).
+//!
+//! The mailbox key must pass [`MailboxPublicKey::from_bytes`] (ML-KEM
+//! coefficients below q, X25519 half not of low order) and the owner key
+//! must be a canonical Ed25519 point not of small order; the signature is
+//! verified strictly (canonical `S`, cofactorless equation, `R` not of
+//! small order).
 //!
 //! The signature is by the identity key, not a sender key, so a card stays
 //! valid as long as the mailbox does. It lets a sender who has checked the
@@ -40,12 +49,13 @@ use std::str::FromStr;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chappe_proto::descriptor::{Descriptor, DescriptorError};
 use chappe_proto::ids::ID_LEN;
 use chappe_proto::{DeliveryToken, SendId};
 use ed25519_dalek::Signature;
 
 use crate::identity::{Identity, IdentityKey, KEY_LEN, SIGNATURE_LEN};
-use crate::seal::{MAILBOX_PUBLIC_KEY_LEN, MailboxPublicKey};
+use crate::seal::{KeyError, MAILBOX_PUBLIC_KEY_LEN, MailboxPublicKey};
 
 /// What every version-1 card starts with.
 pub const CARD_PREFIX: &str = "chappe-card1:";
@@ -60,8 +70,11 @@ pub const CARD_FIXED_LEN: usize =
 const CARD_LABEL: &[u8] = b"chappe/1 contact card";
 /// Any future card version shares this stem, so it can be told from garbage.
 const CARD_STEM: &str = "chappe-card";
-/// Longest text a valid card can be, checked before decoding anything.
-const MAX_CARD_TEXT: usize = CARD_PREFIX.len() + (CARD_FIXED_LEN + MAX_RELAY_LEN).div_ceil(3) * 4;
+/// Longest text a valid card can be (3216 bytes: the prefix and the
+/// unpadded base64url of `CARD_FIXED_LEN + MAX_RELAY_LEN` bytes), checked
+/// after trimming and before decoding anything.
+pub const MAX_CARD_TEXT: usize =
+    CARD_PREFIX.len() + ((CARD_FIXED_LEN + MAX_RELAY_LEN) * 4).div_ceil(3);
 
 /// Why a card was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,10 +93,12 @@ pub enum CardError {
     TrailingBytes(usize),
     #[error("relay descriptor length {len} is outside 1..={MAX_RELAY_LEN}")]
     RelayLength { len: usize },
-    #[error("relay descriptor is not UTF-8 text without control characters")]
+    #[error("relay descriptor holds a byte outside printable ASCII (0x21 to 0x7e)")]
     RelayText,
-    #[error("contact card mailbox key is not a valid X-Wing public key")]
-    BadMailboxKey,
+    #[error("relay descriptor in the card is not valid: {0}")]
+    RelayDescriptor(DescriptorError),
+    #[error("contact card mailbox key is not a valid X-Wing public key: {0}")]
+    BadMailboxKey(KeyError),
     #[error("contact card owner key is not a valid Ed25519 public key")]
     BadOwnerKey,
     #[error("contact card signature does not verify")]
@@ -93,7 +108,7 @@ pub enum CardError {
 /// A signed contact card (see the module docs for the format).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Card {
-    relay: String,
+    relay: Descriptor,
     send_id: SendId,
     token: DeliveryToken,
     recipient: MailboxPublicKey,
@@ -102,17 +117,17 @@ pub struct Card {
 }
 
 impl Card {
-    /// Signs a card for a mailbox the owner created on `relay` (a relay
-    /// descriptor, kept as opaque text here).
+    /// Signs a card for a mailbox the owner created on `relay`. Refuses a
+    /// descriptor whose text is longer than [`MAX_RELAY_LEN`] or does not
+    /// parse back (its fields are public, so it can hold a bad host).
     pub fn new(
         owner: &Identity,
-        relay: impl Into<String>,
+        relay: &Descriptor,
         send_id: SendId,
         token: DeliveryToken,
         recipient: MailboxPublicKey,
     ) -> Result<Self, CardError> {
-        let relay = relay.into();
-        check_relay(&relay)?;
+        let relay = check_relay(relay.to_string().as_bytes())?;
         let mut card = Self {
             relay,
             send_id,
@@ -136,7 +151,7 @@ impl Card {
     /// [`owner`](Self::owner); whether that is the person the user meant is
     /// for the user to check, by fingerprint.
     pub fn parse(text: &str) -> Result<Self, CardError> {
-        let text = text.trim();
+        let text = text.trim_ascii();
         if text.len() > MAX_CARD_TEXT {
             return Err(CardError::TooLong { len: text.len() });
         }
@@ -177,14 +192,11 @@ impl Card {
             return Err(CardError::TrailingBytes(rest.len()));
         }
 
-        let relay = String::from_utf8(relay.to_vec()).map_err(|_| CardError::RelayText)?;
-        check_relay(&relay)?;
         let card = Self {
-            relay,
+            relay: check_relay(relay)?,
             send_id: SendId(*send_id),
             token: DeliveryToken(*token),
-            recipient: MailboxPublicKey::from_bytes(recipient)
-                .map_err(|_| CardError::BadMailboxKey)?,
+            recipient: MailboxPublicKey::from_bytes(recipient).map_err(CardError::BadMailboxKey)?,
             owner: IdentityKey::from_bytes(owner).map_err(|_| CardError::BadOwnerKey)?,
             signature: Signature::from_bytes(signature),
         };
@@ -202,11 +214,12 @@ impl Card {
 
     /// Everything before the signature, as laid out in the module docs.
     fn unsigned_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(CARD_FIXED_LEN + self.relay.len());
+        let relay = self.relay.to_string();
+        let mut out = Vec::with_capacity(CARD_FIXED_LEN + relay.len());
         // `check_relay` bounded the length when the card was made.
-        let len = u16::try_from(self.relay.len()).unwrap_or(u16::MAX);
+        let len = u16::try_from(relay.len()).unwrap_or(u16::MAX);
         out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(self.relay.as_bytes());
+        out.extend_from_slice(relay.as_bytes());
         out.extend_from_slice(self.send_id.as_bytes());
         out.extend_from_slice(self.token.as_bytes());
         out.extend_from_slice(&self.recipient.to_bytes());
@@ -214,8 +227,8 @@ impl Card {
         out
     }
 
-    /// The relay descriptor, to be parsed by whoever connects to it.
-    pub fn relay(&self) -> &str {
+    /// The relay the mailbox is on.
+    pub fn relay(&self) -> &Descriptor {
         &self.relay
     }
 
@@ -252,15 +265,22 @@ impl FromStr for Card {
     }
 }
 
-fn check_relay(relay: &str) -> Result<(), CardError> {
+/// The card's relay field: 1 to [`MAX_RELAY_LEN`] bytes, each printable
+/// ASCII (`0x21..=0x7e`: no space, no C0 control, no DEL, nothing from
+/// 0x80 up, so no C1 control either, which would let a card rewrite the
+/// terminal it is shown in), forming a relay descriptor. Such a text has no
+/// whitespace to trim, so it is the descriptor's canonical printing.
+fn check_relay(relay: &[u8]) -> Result<Descriptor, CardError> {
     if relay.is_empty() || relay.len() > MAX_RELAY_LEN {
         return Err(CardError::RelayLength { len: relay.len() });
     }
-    // Control characters would let a card rewrite the terminal it is shown in.
-    if relay.chars().any(char::is_control) {
+    if !relay.iter().all(|b| (0x21..=0x7e).contains(b)) {
         return Err(CardError::RelayText);
     }
-    Ok(())
+    std::str::from_utf8(relay)
+        .map_err(|_| CardError::RelayText)?
+        .parse()
+        .map_err(CardError::RelayDescriptor)
 }
 
 fn signed_message(unsigned: &[u8]) -> Vec<u8> {
@@ -277,9 +297,32 @@ mod tests {
     use proptest::prelude::*;
 
     const NOW: u64 = 1_700_000_000;
-    const RELAY: &str = "chappe-relay1:127.0.0.1:4433#noise=abc";
 
-    fn card_with(owner: &Identity, relay: &str) -> Card {
+    /// A relay descriptor whose text is `len` bytes (at least 102).
+    fn relay_of_len(len: usize) -> Descriptor {
+        let d = Descriptor {
+            host: String::new(),
+            port: 4433,
+            relay_key: [1; 32],
+            tls_fingerprint: Some([2; 32]),
+        };
+        let fixed = d.to_string().len();
+        Descriptor {
+            host: "r".repeat(len - fixed),
+            ..d
+        }
+    }
+
+    fn relay() -> Descriptor {
+        Descriptor {
+            host: "127.0.0.1".into(),
+            port: 4433,
+            relay_key: [1; 32],
+            tls_fingerprint: Some([2; 32]),
+        }
+    }
+
+    fn card_with(owner: &Identity, relay: &Descriptor) -> Card {
         Card::new(
             owner,
             relay,
@@ -300,17 +343,35 @@ mod tests {
         format!("{CARD_PREFIX}{}", URL_SAFE_NO_PAD.encode(bin))
     }
 
+    /// A card's binary form with `relay` as its relay field and `edit`
+    /// applied to the mailbox key, signed by `owner` afterwards: what a
+    /// careless or hostile owner could publish.
+    fn signed_bin(owner: &Identity, relay: &[u8], edit: impl FnOnce(&mut [u8])) -> Vec<u8> {
+        let mut key = MailboxKeyPair::generate().public_key().to_bytes();
+        edit(&mut key);
+        let mut bin = (relay.len() as u16).to_be_bytes().to_vec();
+        bin.extend_from_slice(relay);
+        bin.extend_from_slice(&[5; ID_LEN]);
+        bin.extend_from_slice(&[6; ID_LEN]);
+        bin.extend_from_slice(&key);
+        bin.extend_from_slice(&owner.public_key().to_bytes());
+        let sig = owner.sign_with_identity(&signed_message(&bin));
+        bin.extend_from_slice(&sig.to_bytes());
+        bin
+    }
+
     #[test]
     fn round_trip() {
         let owner = Identity::generate(NOW);
-        let card = card_with(&owner, RELAY);
+        let card = card_with(&owner, &relay());
         let text = card.encode();
         assert!(text.starts_with(CARD_PREFIX));
         assert!(!text.contains(char::is_whitespace));
-        assert_eq!(decode(&text).len(), CARD_FIXED_LEN + RELAY.len());
+        let r = relay().to_string().len();
+        assert_eq!(decode(&text).len(), CARD_FIXED_LEN + r);
         let back = Card::parse(&text).unwrap();
         assert_eq!(back, card);
-        assert_eq!(back.relay(), RELAY);
+        assert_eq!(back.relay(), &relay());
         assert_eq!(back.owner(), &owner.public_key());
         assert_eq!(format!("  {text}\r\n").parse::<Card>().unwrap(), card);
         assert_eq!(card.to_string(), text);
@@ -319,11 +380,13 @@ mod tests {
     #[test]
     fn binary_layout_offsets() {
         let owner = Identity::generate(NOW);
-        let card = card_with(&owner, RELAY);
+        let card = card_with(&owner, &relay());
         let bin = decode(&card.encode());
-        let r = RELAY.len();
+        let text = relay().to_string();
+        let r = text.len();
+        assert_eq!(CARD_FIXED_LEN, 1378);
         assert_eq!(bin[0..2], (r as u16).to_be_bytes());
-        assert_eq!(&bin[2..2 + r], RELAY.as_bytes());
+        assert_eq!(&bin[2..2 + r], text.as_bytes());
         assert_eq!(bin[2 + r..34 + r], card.send_id().0);
         assert_eq!(bin[34 + r..66 + r], card.token().0);
         assert_eq!(bin[66 + r..1282 + r], card.recipient().to_bytes());
@@ -334,7 +397,7 @@ mod tests {
     #[test]
     fn every_byte_is_covered_by_the_signature() {
         let owner = Identity::generate(NOW);
-        let bin = decode(&card_with(&owner, RELAY).encode());
+        let bin = decode(&card_with(&owner, &relay()).encode());
         for i in 0..bin.len() {
             let mut t = bin.clone();
             t[i] ^= 0x01;
@@ -349,8 +412,8 @@ mod tests {
     fn substituted_fields_fail() {
         let owner = Identity::generate(NOW);
         let mallory = Identity::generate(NOW);
-        let bin = decode(&card_with(&owner, RELAY).encode());
-        let r = RELAY.len();
+        let bin = decode(&card_with(&owner, &relay()).encode());
+        let r = relay().to_string().len();
         // Mallory's own mailbox key in Alice's card.
         let mut t = bin.clone();
         t[66 + r..1282 + r].copy_from_slice(&MailboxKeyPair::generate().public_key().to_bytes());
@@ -359,16 +422,17 @@ mod tests {
         let mut t = bin.clone();
         t[1282 + r..1314 + r].copy_from_slice(&mallory.public_key().to_bytes());
         assert_eq!(Card::parse(&encode_bin(&t)), Err(CardError::BadSignature));
-        // A different relay of the same length.
+        // Another valid relay of the same length: port 4434 for 4433.
         let mut t = bin.clone();
-        t[2] = b'X';
+        assert_eq!(t[2 + r - 1], b'3');
+        t[2 + r - 1] = b'4';
         assert_eq!(Card::parse(&encode_bin(&t)), Err(CardError::BadSignature));
     }
 
     #[test]
     fn strict_structure() {
         let owner = Identity::generate(NOW);
-        let bin = decode(&card_with(&owner, RELAY).encode());
+        let bin = decode(&card_with(&owner, &relay()).encode());
 
         let mut trailing = bin.clone();
         trailing.push(0);
@@ -409,12 +473,12 @@ mod tests {
             Card::parse(&encode_bin(&control)),
             Err(CardError::RelayText)
         );
-        let r = RELAY.len();
+        let r = relay().to_string().len();
         let mut bad_key = bin.clone();
         bad_key[66 + r..1282 + r].fill(0xFF);
         assert_eq!(
             Card::parse(&encode_bin(&bad_key)),
-            Err(CardError::BadMailboxKey)
+            Err(CardError::BadMailboxKey(KeyError::MlKemCoefficient))
         );
         let mut weak_owner = bin.clone();
         weak_owner[1282 + r..1314 + r].fill(0);
@@ -424,10 +488,103 @@ mod tests {
         );
     }
 
+    /// The relay field: printable ASCII only, and a descriptor that parses.
+    /// Each card here is properly signed, so only the field's rule refuses it.
+    #[test]
+    fn relay_field_rules() {
+        let owner = Identity::generate(NOW);
+        let good = relay().to_string();
+        let parse = |relay: &[u8]| Card::parse(&encode_bin(&signed_bin(&owner, relay, |_| {})));
+        assert_eq!(parse(good.as_bytes()).unwrap().relay(), &relay());
+        // Every character outside 0x21..=0x7e, as a prefix or a suffix:
+        // space, C0 controls, DEL, C1 controls (as UTF-8), other non-ASCII.
+        for bad in [
+            " ", "\t", "\n", "\r", "\x00", "\x1b", "\x7f", "\u{80}", "\u{85}", "\u{9b}", "\u{a0}",
+            "é",
+        ] {
+            for text in [format!("{bad}{good}"), format!("{good}{bad}")] {
+                assert_eq!(
+                    parse(text.as_bytes()),
+                    Err(CardError::RelayText),
+                    "{text:?}"
+                );
+            }
+        }
+        // Printable, but not a descriptor.
+        for (text, why) in [
+            (
+                "chappe-relay1:127.0.0.1:4433".to_string(),
+                DescriptorError::Prefix,
+            ),
+            (good.replace(":4433", ":+4433"), DescriptorError::BadAddress),
+            (good.replace(":4433", ":04433"), DescriptorError::BadAddress),
+            (good.replace(":4433", ":65536"), DescriptorError::BadAddress),
+            (
+                good.replace("127.0.0.1", "127.0.0.1_"),
+                DescriptorError::BadAddress,
+            ),
+        ] {
+            assert_eq!(
+                parse(text.as_bytes()),
+                Err(CardError::RelayDescriptor(why)),
+                "{text:?}"
+            );
+        }
+        // A descriptor without a fingerprint is a descriptor (whether to
+        // connect without one is the client's policy, not the card's).
+        let no_fp = Descriptor {
+            tls_fingerprint: None,
+            ..relay()
+        };
+        assert!(parse(no_fp.to_string().as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn invalid_mailbox_keys_are_refused() {
+        let owner = Identity::generate(NOW);
+        let relay = relay().to_string();
+        let parse = |edit: &dyn Fn(&mut [u8])| {
+            Card::parse(&encode_bin(&signed_bin(&owner, relay.as_bytes(), edit)))
+        };
+        assert!(parse(&|_| {}).is_ok());
+        // The X25519 half (the last 32 bytes) all zero: the key the CLI
+        // used to seal to without complaint.
+        assert_eq!(
+            parse(&|k| k[1184..].fill(0)),
+            Err(CardError::BadMailboxKey(KeyError::LowOrderX25519))
+        );
+        // u = 1, a point of order 4, with bit 255 set (X25519 ignores it).
+        assert_eq!(
+            parse(&|k| {
+                k[1184..].fill(0);
+                k[1184] = 1;
+                k[1215] = 0x80;
+            }),
+            Err(CardError::BadMailboxKey(KeyError::LowOrderX25519))
+        );
+        // The first ML-KEM coefficient set to q = 3329 (0xd01): bytes 0 and
+        // the low nibble of byte 1.
+        assert_eq!(
+            parse(&|k| {
+                k[0] = 0x01;
+                k[1] = (k[1] & 0xf0) | 0x0d;
+            }),
+            Err(CardError::BadMailboxKey(KeyError::MlKemCoefficient))
+        );
+        // q − 1 = 3328 (0xd00) is a coefficient like any other.
+        assert!(
+            parse(&|k| {
+                k[0] = 0x00;
+                k[1] = (k[1] & 0xf0) | 0x0d;
+            })
+            .is_ok()
+        );
+    }
+
     #[test]
     fn text_errors() {
         let owner = Identity::generate(NOW);
-        let text = card_with(&owner, RELAY).encode();
+        let text = card_with(&owner, &relay()).encode();
         assert_eq!(Card::parse(""), Err(CardError::MissingPrefix));
         assert_eq!(Card::parse("hello"), Err(CardError::MissingPrefix));
         assert_eq!(
@@ -454,6 +611,49 @@ mod tests {
             Card::parse(&inner_space),
             Err(CardError::Base64(_))
         ));
+        // Only ASCII whitespace is trimmed: not a no-break space, not a
+        // vertical tab.
+        assert_eq!(
+            Card::parse(&format!("\u{a0}{text}")),
+            Err(CardError::MissingPrefix)
+        );
+        assert!(matches!(
+            Card::parse(&format!("{text}\u{a0}")),
+            Err(CardError::Base64(_))
+        ));
+        assert!(matches!(
+            Card::parse(&format!("{text}\x0b")),
+            Err(CardError::Base64(_))
+        ));
+        assert_eq!(
+            Card::parse(&format!(" \t\n\x0c\r{text}\r\n\x0c\t "))
+                .unwrap()
+                .encode(),
+            text
+        );
+    }
+
+    #[test]
+    fn longest_card_is_3216_bytes() {
+        assert_eq!(MAX_CARD_TEXT, 3216);
+        let owner = Identity::generate(NOW);
+        let longest = relay_of_len(MAX_RELAY_LEN);
+        assert_eq!(longest.to_string().len(), MAX_RELAY_LEN);
+        let card = card_with(&owner, &longest);
+        let text = card.encode();
+        assert_eq!(text.len(), MAX_CARD_TEXT);
+        assert_eq!(Card::parse(&text).unwrap(), card);
+        // Whitespace is trimmed before the limit applies.
+        let padded = format!("\n\n  {text}  \r\n\r\n");
+        assert!(padded.len() > MAX_CARD_TEXT);
+        assert_eq!(Card::parse(&padded).unwrap(), card);
+        // One byte more is refused before decoding.
+        assert_eq!(
+            Card::parse(&format!("{text}A")),
+            Err(CardError::TooLong {
+                len: MAX_CARD_TEXT + 1
+            })
+        );
         let long = format!("{CARD_PREFIX}{}", "A".repeat(MAX_CARD_TEXT));
         assert!(matches!(Card::parse(&long), Err(CardError::TooLong { .. })));
     }
@@ -461,13 +661,8 @@ mod tests {
     #[test]
     fn relay_bounds() {
         let owner = Identity::generate(NOW);
-        let max = "r".repeat(MAX_RELAY_LEN);
-        let card = card_with(&owner, &max);
-        let text = card.encode();
-        assert!(text.len() <= MAX_CARD_TEXT);
-        assert_eq!(Card::parse(&text).unwrap(), card);
         let pk = MailboxKeyPair::generate().public_key().clone();
-        let make = |relay: &str| {
+        let make = |relay: &Descriptor| {
             Card::new(
                 &owner,
                 relay,
@@ -476,21 +671,39 @@ mod tests {
                 pk.clone(),
             )
         };
-        assert_eq!(make("").unwrap_err(), CardError::RelayLength { len: 0 });
+        assert!(make(&relay_of_len(MAX_RELAY_LEN)).is_ok());
         assert_eq!(
-            make(&"r".repeat(MAX_RELAY_LEN + 1)).unwrap_err(),
+            make(&relay_of_len(MAX_RELAY_LEN + 1)).unwrap_err(),
             CardError::RelayLength {
                 len: MAX_RELAY_LEN + 1
             }
         );
-        assert_eq!(make("a\nb").unwrap_err(), CardError::RelayText);
-        assert!(make("relais-ministère.example:4433").is_ok());
+        // Descriptor fields are public; one that does not print as a valid
+        // descriptor makes no card.
+        for host in ["", "a b", "a\nb", "relais-ministère.example", "[::1"] {
+            let d = Descriptor {
+                host: host.into(),
+                ..relay()
+            };
+            assert!(
+                matches!(
+                    make(&d),
+                    Err(CardError::RelayText | CardError::RelayDescriptor(_))
+                ),
+                "{host:?}"
+            );
+        }
+        let zero_port = Descriptor { port: 0, ..relay() };
+        assert_eq!(
+            make(&zero_port).unwrap_err(),
+            CardError::RelayDescriptor(DescriptorError::BadAddress)
+        );
     }
 
     #[test]
     fn debug_does_not_print_the_token() {
         let owner = Identity::generate(NOW);
-        let card = card_with(&owner, RELAY);
+        let card = card_with(&owner, &relay());
         let dbg = format!("{card:?}");
         assert!(dbg.contains("DeliveryToken(<redacted>)"), "{dbg}");
     }

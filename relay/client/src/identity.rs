@@ -31,10 +31,11 @@
 //! not_after                        8  (u64, big-endian)
 //! ```
 //!
-//! A certificate is valid at time `t` when its signature verifies (strict
-//! Ed25519: canonical `S`, no small-order keys) under the identity key,
-//! `not_before <= t <= not_after`, and the window is no longer than
-//! [`MAX_CERT_LIFETIME`].
+//! A certificate is valid at time `t` when its signature verifies strictly
+//! (`S < L`, `R` and the keys canonical and not of small order, the
+//! cofactorless equation; `docs/PROTOCOL.md` section 0.2) under the
+//! identity key, `not_before <= t <= not_after`, and the window is no
+//! longer than [`MAX_CERT_LIFETIME`].
 //!
 //! # Identity file (TOML)
 //!
@@ -522,11 +523,27 @@ fn cert_message(
     msg
 }
 
-/// A valid Ed25519 point that is not of small order.
+/// A valid Ed25519 point, canonically encoded, that is not of small order.
+///
+/// Canonical: the y-coordinate (the bytes with bit 255 clear, little-endian)
+/// is below p = 2^255 − 19. `ed25519-dalek` reduces a larger y modulo p
+/// instead; the only other non-canonical form, x = 0 with the sign bit set,
+/// belongs to small-order points, which are refused anyway.
 pub(crate) fn parse_public_key(bytes: &[u8; KEY_LEN]) -> Option<VerifyingKey> {
+    if !y_below_p(bytes) {
+        return None;
+    }
     VerifyingKey::from_bytes(bytes)
         .ok()
         .filter(|k| !k.is_weak())
+}
+
+/// Whether a compressed Edwards point's y-coordinate is below p: it is not
+/// when bits 0..255 read `p + d` for `d` in 0..=18, that is byte 0 at least
+/// `0xed`, bytes 1..31 `0xff`, and byte 31 `0x7f` or `0xff`.
+fn y_below_p(bytes: &[u8; KEY_LEN]) -> bool {
+    let [first, middle @ .., last] = bytes;
+    !(*first >= 0xed && middle.iter().all(|&b| b == 0xff) && *last & 0x7f == 0x7f)
 }
 
 pub(crate) fn be_u64(bytes: &[u8]) -> Option<u64> {
@@ -663,6 +680,85 @@ mod tests {
         assert_eq!(
             IdentityKey::from_bytes(&identity),
             Err(IdentityError::BadPublicKey)
+        );
+    }
+
+    /// `p + d` (p = 2^255 − 19) as 32 little-endian bytes, plus the sign bit.
+    fn y_plus_p(d: u8, sign: u8) -> [u8; KEY_LEN] {
+        let mut b = [0xff; KEY_LEN];
+        b[0] = 0xed + d;
+        b[31] = 0x7f | sign;
+        b
+    }
+
+    #[test]
+    fn non_canonical_keys_are_refused() {
+        // y = p + d for d in 0..=18 encodes y = d. ed25519-dalek decodes those
+        // that are on the curve; none may name an identity or a sender.
+        let mut decoded = 0;
+        for d in 0..=18u8 {
+            for sign in [0x00, 0x80] {
+                let non_canonical = y_plus_p(d, sign);
+                let mut canonical = [0u8; KEY_LEN];
+                canonical[0] = d;
+                canonical[31] = sign;
+                if VerifyingKey::from_bytes(&non_canonical).is_ok_and(|k| !k.is_weak()) {
+                    decoded += 1;
+                    // The same point, written canonically, is accepted.
+                    assert!(IdentityKey::from_bytes(&canonical).is_ok(), "y = {d}");
+                }
+                assert_eq!(
+                    IdentityKey::from_bytes(&non_canonical),
+                    Err(IdentityError::BadPublicKey),
+                    "y = p + {d}, sign {sign:#x}"
+                );
+                let mut cert = Identity::generate(NOW).certificate().to_bytes();
+                cert[..KEY_LEN].copy_from_slice(&non_canonical);
+                assert_eq!(
+                    SenderCertificate::from_bytes(&cert),
+                    Err(CertError::BadSenderKey)
+                );
+            }
+        }
+        assert!(
+            decoded > 0,
+            "no non-canonical encoding decodes: the test checks nothing"
+        );
+        // p − 1 is canonical.
+        let mut below = y_plus_p(0, 0);
+        below[0] = 0xec;
+        assert!(y_below_p(&below));
+    }
+
+    #[test]
+    fn non_canonical_s_is_refused() {
+        // S + L verifies under the cofactorless equation exactly as S does;
+        // strict verification refuses it for S ≥ L.
+        const L: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+            0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let id = Identity::generate(NOW);
+        let good = id.certificate().to_bytes();
+        assert!(
+            SenderCertificate::from_bytes(&good)
+                .unwrap()
+                .verify(&id.public_key(), NOW)
+                .is_ok()
+        );
+        let mut t = good;
+        let mut carry = 0u16;
+        for (s, l) in t[48 + 32..].iter_mut().zip(L) {
+            let sum = u16::from(*s) + u16::from(l) + carry;
+            *s = sum as u8;
+            carry = sum >> 8;
+        }
+        assert_eq!(carry, 0);
+        assert_eq!(
+            SenderCertificate::from_bytes(&t)
+                .unwrap()
+                .verify(&id.public_key(), NOW),
+            Err(CertError::BadSignature)
         );
     }
 

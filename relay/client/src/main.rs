@@ -197,7 +197,7 @@ fn card(home: &Home, m: &Mailbox) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow!("mailbox has no token"))?;
     let c = Card::new(
         &id,
-        m.relay.clone(),
+        &descriptor(&m.relay)?,
         m.send_id,
         token,
         m.keys.public_key().clone(),
@@ -307,10 +307,9 @@ async fn send(home: &Home, card_arg: &str, message: Option<String>) -> anyhow::R
         Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
         None => card_arg.to_string(),
     };
-    let card: Card = text
-        .trim()
-        .parse()
-        .map_err(|e| anyhow!("contact card: {e}"))?;
+    // The parser trims the whitespace a card may have around it, as the
+    // protocol defines it (ASCII only).
+    let card: Card = text.parse().map_err(|e| anyhow!("contact card: {e}"))?;
     let body = match message.as_deref() {
         Some(m) if m != "-" => m.as_bytes().to_vec(),
         _ => {
@@ -322,8 +321,7 @@ async fn send(home: &Home, card_arg: &str, message: Option<String>) -> anyhow::R
     let id = home.identity(now())?;
     let envelope = seal::seal(&id, card.recipient(), card.send_id(), &body, now())
         .map_err(|e| anyhow!("sealing: {e}"))?;
-    let desc = descriptor(card.relay())?;
-    let sender = Sender::connect(&desc).await?;
+    let sender = Sender::connect(card.relay()).await?;
     let result = sender
         .send(*card.send_id(), *card.token(), Bytes::from(envelope))
         .await;

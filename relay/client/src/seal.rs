@@ -77,7 +77,9 @@
 //! # Opening
 //!
 //! [`open`] accepts an envelope only if, in this order: its length is a
-//! bucket of at least [`OVERHEAD`] bytes; HPKE decryption succeeds; the
+//! bucket of at least [`OVERHEAD`] bytes; the X25519 share in `enc` (its
+//! last 32 bytes) is not a low-order point ([`is_low_order_x25519`]), so
+//! X-Wing's X25519 part contributes to the key; HPKE decryption succeeds; the
 //! version is 1; the identity and sender keys are valid, not small-order
 //! points; the body length fits; every padding byte is zero; the certificate
 //! verifies under the identity key and covers the message timestamp; and the
@@ -151,6 +153,10 @@ pub enum SealError {
 pub enum OpenError {
     #[error("envelope length {len} is not a bucket that can hold a v1 envelope")]
     BadSize { len: usize },
+    /// The X25519 share in the encapsulation is a low-order point, so X-Wing's
+    /// X25519 part would contribute nothing to the key.
+    #[error("envelope's X25519 share is a low-order point (non-contributory)")]
+    NonContributory,
     /// Wrong mailbox key or send id, or the envelope was altered.
     #[error("envelope does not decrypt with this mailbox key and send id")]
     Decrypt,
@@ -171,23 +177,38 @@ pub enum OpenError {
 }
 
 /// The public half of a mailbox's X-Wing key pair: what senders encrypt to.
+///
+/// The 1216 bytes are the ML-KEM-768 encapsulation key (bytes 0..1184:
+/// 1152 bytes of 768 packed 12-bit coefficients, then the 32-byte seed
+/// `rho`) followed by the X25519 public key (bytes 1184..1216), the order
+/// of draft-connolly-cfrg-xwing-kem-06 and of the `x-wing` crate.
 #[derive(Clone, PartialEq, Eq)]
 pub struct MailboxPublicKey(<XWing as hpke::Kem>::PublicKey);
 
 impl MailboxPublicKey {
-    /// Parses the 1216-byte X-Wing encoding, checking the ML-KEM part is a
-    /// well-formed key (coefficients reduced), as FIPS 203 requires before
-    /// encapsulating to it.
+    /// Parses the 1216-byte X-Wing encoding. Refuses an ML-KEM half that
+    /// fails the FIPS 203 §7.2 encapsulation-key check (a coefficient that
+    /// is not below q = 3329) and an X25519 half that is a low-order point
+    /// ([`is_low_order_x25519`]): encrypting to either would leave that half
+    /// contributing nothing.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
-        if bytes.len() != MAILBOX_PUBLIC_KEY_LEN {
-            return Err(KeyError::BadLength {
+        let (ml_kem, x25519) = bytes
+            .split_at_checked(ML_KEM_PUBLIC_KEY_LEN)
+            .and_then(|(m, x)| Some((m, <&[u8; X25519_LEN]>::try_from(x).ok()?)))
+            .ok_or(KeyError::BadLength {
                 expected: MAILBOX_PUBLIC_KEY_LEN,
                 got: bytes.len(),
-            });
+            })?;
+        if !ml_kem_coefficients_reduced(ml_kem) {
+            return Err(KeyError::MlKemCoefficient);
         }
+        if is_low_order_x25519(x25519) {
+            return Err(KeyError::LowOrderX25519);
+        }
+        // The crate repeats the ML-KEM check; it has no other reason to refuse.
         <XWing as hpke::Kem>::PublicKey::from_bytes(bytes)
             .map(Self)
-            .map_err(|_| KeyError::Invalid)
+            .map_err(|_| KeyError::MlKemCoefficient)
     }
 
     pub fn to_bytes(&self) -> [u8; MAILBOX_PUBLIC_KEY_LEN] {
@@ -214,8 +235,90 @@ impl fmt::Debug for MailboxPublicKey {
 pub enum KeyError {
     #[error("mailbox key must be {expected} bytes, got {got}")]
     BadLength { expected: usize, got: usize },
-    #[error("mailbox public key is not a valid X-Wing key")]
+    #[error("mailbox key's ML-KEM-768 half has a coefficient not below q = 3329 (FIPS 203 §7.2)")]
+    MlKemCoefficient,
+    #[error("mailbox key's X25519 half is a low-order point")]
+    LowOrderX25519,
+    #[error("mailbox secret key was refused")]
     Invalid,
+}
+
+/// Length of the ML-KEM-768 encapsulation key at the start of an X-Wing
+/// public key.
+pub const ML_KEM_PUBLIC_KEY_LEN: usize = 1184;
+/// Bytes of packed 12-bit coefficients at the start of the ML-KEM-768
+/// encapsulation key (3 polynomials of 256 coefficients); `rho` follows.
+const ML_KEM_T_LEN: usize = 1152;
+/// ML-KEM's modulus q.
+const ML_KEM_Q: u16 = 3329;
+/// Length of an X25519 public key (and of the X25519 share in `enc`).
+const X25519_LEN: usize = 32;
+/// Where the X25519 share starts in the X-Wing encapsulation (after the
+/// 1088-byte ML-KEM-768 ciphertext).
+const ENC_X25519_OFFSET: usize = ENC_LEN - X25519_LEN;
+
+/// FIPS 203 §7.2 modulus check, `ByteEncode12(ByteDecode12(t)) == t`:
+/// every 12-bit coefficient, read as ByteDecode12 does (three bytes
+/// `b0 b1 b2` hold `b0 | (b1 & 0x0f) << 8` and `b1 >> 4 | b2 << 4`), is
+/// below q. `ek` is the whole 1184-byte encapsulation key.
+fn ml_kem_coefficients_reduced(ek: &[u8]) -> bool {
+    let Some(t) = ek.get(..ML_KEM_T_LEN) else {
+        return false;
+    };
+    t.chunks_exact(3).all(|c| match *c {
+        [b0, b1, b2] => {
+            let d1 = u16::from(b0) | (u16::from(b1 & 0x0f) << 8);
+            let d2 = u16::from(b1 >> 4) | (u16::from(b2) << 4);
+            d1 < ML_KEM_Q && d2 < ML_KEM_Q
+        }
+        _ => false,
+    })
+}
+
+/// The X25519 u-coordinates of the points of order 1, 2, 4 and 8 on
+/// Curve25519 and its twist, as 32 little-endian bytes with bit 255 clear:
+/// 0, 1, the two points of order 8, p − 1, and the non-canonical p and
+/// p + 1 (p = 2^255 − 19). No other value below 2^255 is of low order.
+const X25519_LOW_ORDER: [[u8; 32]; 7] = [
+    [0; 32],
+    {
+        let mut one = [0; 32];
+        one[0] = 1;
+        one
+    },
+    [
+        0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4,
+        0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49,
+        0xb8, 0x00,
+    ],
+    [
+        0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef,
+        0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f,
+        0x11, 0x57,
+    ],
+    p_plus(-1),
+    p_plus(0),
+    p_plus(1),
+];
+
+/// `p + d` as 32 little-endian bytes, for `d` in −19..=18.
+const fn p_plus(d: i16) -> [u8; 32] {
+    let mut out = [0xff; 32];
+    out[0] = (0xed + d) as u8;
+    out[31] = 0x7f;
+    out
+}
+
+/// Whether a 32-byte X25519 public value is a point of low order (order 1,
+/// 2, 4 or 8), ignoring bit 255 as X25519 does. For these and only these,
+/// X25519 with any clamped scalar gives the all-zero output: a clamped
+/// scalar is 8·m with 0 < m < 2^252, below both large prime orders (ℓ on
+/// the curve, about 2^253 on the twist), so it kills the low-order part of
+/// a point and never the rest.
+pub fn is_low_order_x25519(u: &[u8; 32]) -> bool {
+    let mut masked = *u;
+    masked[31] &= 0x7f;
+    X25519_LOW_ORDER.contains(&masked)
 }
 
 /// A mailbox's X-Wing key pair, held by its owner. The secret half is wiped
@@ -326,6 +429,16 @@ pub fn open(
     let (enc, ct) = envelope
         .split_at_checked(ENC_LEN)
         .ok_or(OpenError::BadSize { len })?;
+    // X-Wing's X25519 would give all zeroes for a low-order share, leaving
+    // the key to ML-KEM alone; the `hpke` crate's X-Wing accepts that, so
+    // the share is checked here, before decapsulation.
+    let share = enc
+        .get(ENC_X25519_OFFSET..)
+        .and_then(|x| <&[u8; X25519_LEN]>::try_from(x).ok())
+        .ok_or(OpenError::BadSize { len })?;
+    if is_low_order_x25519(share) {
+        return Err(OpenError::NonContributory);
+    }
     let enc = <XWing as hpke::Kem>::EncappedKey::from_bytes(enc).map_err(|_| OpenError::Decrypt)?;
     let pt = Zeroizing::new(
         hpke::single_shot_open::<Aead, Kdf, XWing>(
@@ -975,10 +1088,144 @@ mod tests {
         );
         assert_eq!(
             MailboxPublicKey::from_bytes(&[0xFF; MAILBOX_PUBLIC_KEY_LEN]),
-            Err(KeyError::Invalid)
+            Err(KeyError::MlKemCoefficient)
         );
         assert!(MailboxKeyPair::from_secret_bytes(&[1u8; 31]).is_err());
         assert!(!format!("{k:?}").contains(&format!("{:?}", &k.secret_bytes()[..4])));
+    }
+
+    /// Writes 12-bit coefficient `i` of the ML-KEM key as ByteEncode12 does.
+    fn set_coefficient(key: &mut [u8], i: usize, v: u16) {
+        let at = i / 2 * 3;
+        if i.is_multiple_of(2) {
+            key[at] = v as u8;
+            key[at + 1] = (key[at + 1] & 0xf0) | (v >> 8) as u8;
+        } else {
+            key[at + 1] = (key[at + 1] & 0x0f) | ((v & 0x0f) << 4) as u8;
+            key[at + 2] = (v >> 4) as u8;
+        }
+    }
+
+    fn coefficient(key: &[u8], i: usize) -> u16 {
+        let at = i / 2 * 3;
+        let (b0, b1, b2) = (
+            u16::from(key[at]),
+            u16::from(key[at + 1]),
+            u16::from(key[at + 2]),
+        );
+        if i.is_multiple_of(2) {
+            b0 | (b1 & 0x0f) << 8
+        } else {
+            b1 >> 4 | b2 << 4
+        }
+    }
+
+    #[test]
+    fn mailbox_key_ml_kem_coefficients_must_be_below_q() {
+        let good = MailboxKeyPair::generate().public_key().to_bytes();
+        for i in [0, 1, 2, 3, 500, 767] {
+            let mut k = good;
+            set_coefficient(&mut k, i, 3328);
+            assert_eq!(coefficient(&k, i), 3328);
+            assert!(MailboxPublicKey::from_bytes(&k).is_ok(), "q - 1 at {i}");
+            for v in [3329, 4095] {
+                set_coefficient(&mut k, i, v);
+                assert_eq!(coefficient(&k, i), v);
+                assert_eq!(
+                    MailboxPublicKey::from_bytes(&k),
+                    Err(KeyError::MlKemCoefficient),
+                    "coefficient {v} at {i}"
+                );
+            }
+        }
+        // `rho` (bytes 1152..1184) is a seed: any value goes.
+        let mut k = good;
+        k[ML_KEM_T_LEN..ML_KEM_PUBLIC_KEY_LEN].fill(0xFF);
+        assert!(MailboxPublicKey::from_bytes(&k).is_ok());
+    }
+
+    #[test]
+    fn mailbox_key_x25519_half_must_not_be_low_order() {
+        let good = MailboxKeyPair::generate().public_key().to_bytes();
+        assert!(!is_low_order_x25519(
+            good[ML_KEM_PUBLIC_KEY_LEN..].try_into().unwrap()
+        ));
+        for point in X25519_LOW_ORDER {
+            for top in [0x00, 0x80] {
+                let mut k = good;
+                k[ML_KEM_PUBLIC_KEY_LEN..].copy_from_slice(&point);
+                k[MAILBOX_PUBLIC_KEY_LEN - 1] |= top;
+                assert_eq!(
+                    MailboxPublicKey::from_bytes(&k),
+                    Err(KeyError::LowOrderX25519),
+                    "{point:02x?} top bit {top:#x}"
+                );
+            }
+        }
+        // p + 2 is 2, an ordinary point: non-canonical but not low order.
+        let mut k = good;
+        k[ML_KEM_PUBLIC_KEY_LEN..].copy_from_slice(&p_plus(2));
+        assert!(MailboxPublicKey::from_bytes(&k).is_ok());
+    }
+
+    /// The low-order list is exactly what makes X25519 output all zeroes:
+    /// aws-lc (which refuses an all-zero result) refuses every listed value,
+    /// with or without bit 255, and accepts real keys and their neighbours.
+    #[test]
+    fn low_order_list_matches_x25519() {
+        use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey};
+        let x25519_ok = |u: &[u8; 32]| {
+            let k = PrivateKey::generate(&agreement::X25519).unwrap();
+            agreement::agree(
+                &k,
+                UnparsedPublicKey::new(&agreement::X25519, u),
+                (),
+                |ss| Ok(ss.iter().any(|&b| b != 0)),
+            )
+            .unwrap_or(false)
+        };
+        assert_eq!(p_plus(-1)[0], 0xec, "p - 1");
+        assert_eq!(p_plus(0)[..2], [0xed, 0xff], "p");
+        for point in X25519_LOW_ORDER {
+            for top in [0x00, 0x80] {
+                let mut u = point;
+                u[31] |= top;
+                assert!(is_low_order_x25519(&u));
+                assert!(!x25519_ok(&u), "{u:02x?} is not of low order");
+            }
+        }
+        for d in 2..=18 {
+            assert!(!is_low_order_x25519(&p_plus(d)));
+            assert!(x25519_ok(&p_plus(d)), "p + {d}");
+        }
+        for _ in 0..16 {
+            let pk = MailboxKeyPair::generate().public_key().to_bytes();
+            let u: [u8; 32] = pk[ML_KEM_PUBLIC_KEY_LEN..].try_into().unwrap();
+            assert!(!is_low_order_x25519(&u));
+            assert!(x25519_ok(&u));
+        }
+    }
+
+    #[test]
+    fn low_order_x25519_share_is_refused() {
+        let w = world();
+        let env = seal(&w.alice, w.bob.public_key(), &w.send_id, b"x", NOW).unwrap();
+        for point in X25519_LOW_ORDER {
+            for top in [0x00, 0x80] {
+                let mut t = env.clone();
+                t[ENC_X25519_OFFSET..ENC_LEN].copy_from_slice(&point);
+                t[ENC_LEN - 1] |= top;
+                assert_eq!(
+                    open(&w.bob, &w.send_id, &t),
+                    Err(OpenError::NonContributory),
+                    "{point:02x?} top bit {top:#x}"
+                );
+                // The crate's X-Wing decapsulates it without complaint: the
+                // refusal is this module's own check.
+                let enc = <XWing as hpke::Kem>::EncappedKey::from_bytes(&t[..ENC_LEN]).unwrap();
+                assert!(<XWing as hpke::Kem>::decap(&w.bob.secret, None, &enc).is_ok());
+            }
+        }
     }
 
     proptest! {
@@ -1014,6 +1261,25 @@ mod tests {
             bytes.truncate(len);
             let w = MailboxKeyPair::generate();
             prop_assert_eq!(open(&w, &SendId([0; 32]), &bytes), Err(OpenError::Decrypt));
+        }
+
+        /// The ML-KEM check here agrees with the `ml-kem` crate's on keys
+        /// with random coefficient bytes (about half of them out of range).
+        #[test]
+        fn ml_kem_check_matches_the_crate(
+            seed in any::<[u8; 32]>(),
+            at in 0usize..ML_KEM_T_LEN,
+            bytes in any::<[u8; 3]>(),
+        ) {
+            let mut k = MailboxKeyPair::from_secret_bytes(&seed).unwrap().public_key().to_bytes();
+            for (i, b) in bytes.iter().enumerate() {
+                if let Some(slot) = k.get_mut(at + i).filter(|_| at + i < ML_KEM_T_LEN) {
+                    *slot = *b;
+                }
+            }
+            let ours = ml_kem_coefficients_reduced(&k[..ML_KEM_PUBLIC_KEY_LEN]);
+            let crates = <XWing as hpke::Kem>::PublicKey::from_bytes(&k).is_ok();
+            prop_assert_eq!(ours, crates);
         }
 
         #[test]

@@ -76,21 +76,29 @@ async fn client_pinned_to_another_relay_fails() {
     Sender::connect(&relay.descriptor()).await.unwrap();
 }
 
+/// A client that offers no group the relay accepts gets the TLS alert
+/// `handshake_failure` (40) as QUIC transport error 0x0100 + 40 (PROTOCOL.md
+/// 3.1 and 7.2).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classical_only_tls_client_fails() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(dir.path());
     let desc = relay.descriptor();
-    let classical = Arc::new(CryptoProvider {
-        kx_groups: vec![aws_lc_rs::kx_group::X25519, aws_lc_rs::kx_group::SECP256R1],
-        ..aws_lc_rs::default_provider()
-    });
-    let r = transport::connect_with(&desc, transport::Role::Sender, classical).await;
-    assert!(
-        matches!(r, Err(ClientError::Connection(_))),
-        "classical-only client connected: {:?}",
-        r.err()
-    );
+    for groups in [
+        vec![aws_lc_rs::kx_group::X25519],
+        vec![aws_lc_rs::kx_group::X25519, aws_lc_rs::kx_group::SECP256R1],
+    ] {
+        let classical = Arc::new(CryptoProvider {
+            kx_groups: groups,
+            ..aws_lc_rs::default_provider()
+        });
+        match transport::connect_with(&desc, transport::Role::Sender, classical).await {
+            Err(ClientError::Connection(quinn::ConnectionError::ConnectionClosed(close))) => {
+                assert_eq!(u64::from(close.error_code), 0x0128, "{close:?}");
+            }
+            other => panic!("classical-only client: {:?}", other.err()),
+        }
+    }
     // The same client with the hybrid group connects.
     transport::connect(&desc, transport::Role::Sender)
         .await
