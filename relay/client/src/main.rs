@@ -64,6 +64,14 @@ enum Command {
         #[arg(long)]
         mailbox: Option<String>,
     },
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages into a directory (for packaging).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 #[derive(clap::Args)]
@@ -164,6 +172,16 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let command = match cli.command {
         Command::Bench(a) => return bench(a).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "chappe", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)?;
+            return Ok(());
+        }
         other => other,
     };
     let home = Home::open(cli.home.unwrap_or_else(Home::default_dir))?;
@@ -184,7 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Send { card, message } => send(&home, &card, message).await?,
         Command::Recv { follow, mailbox } => recv(&home, follow, mailbox.as_deref()).await?,
-        Command::Bench(_) => {}
+        Command::Bench(_) | Command::Completions { .. } | Command::Man { .. } => {}
     }
     Ok(())
 }

@@ -501,4 +501,46 @@ mod tests {
             .to_string();
         assert!(e.contains("store.cache_mib"), "{e}");
     }
+
+    /// The packaged /etc/chappe/relay.toml loads, and with every commented
+    /// key switched on it still says exactly the defaults: the file an
+    /// operator edits cannot drift from what the relay does.
+    #[test]
+    fn the_shipped_conffile_shows_the_defaults() {
+        let shipped = include_str!("../relay.toml");
+        let c = Config::from_toml(shipped, None, &Overrides::default()).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/chappe"));
+        let uncommented: String = shipped
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let all = Config::from_toml(&uncommented, None, &Overrides::default()).unwrap();
+        let defaults = Config::from_toml("", None, &Overrides::default()).unwrap();
+        assert!(uncommented.contains("\nrotation_overlap_secs = "));
+        assert_eq!(
+            format!("{:?}", all.limits),
+            format!("{:?}", defaults.limits)
+        );
+        assert_eq!(
+            (
+                all.listen,
+                all.metrics_listen,
+                all.journal_mib,
+                all.cache_mib
+            ),
+            (
+                defaults.listen,
+                defaults.metrics_listen,
+                defaults.journal_mib,
+                defaults.cache_mib
+            )
+        );
+        assert_eq!(all.public_address, defaults.public_address);
+        assert_eq!(all.rotation_overlap, defaults.rotation_overlap);
+        assert_eq!(all.log_level, defaults.log_level);
+    }
 }

@@ -21,9 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::relay::Relay;
 
-/// The `FileDescriptorName=` of the QUIC socket in `chappe-relay.socket`.
+/// A `FileDescriptorName=` for the QUIC socket, where it has a unit of its own.
 pub const QUIC_SOCKET_NAME: &str = "quic";
-/// The `FileDescriptorName=` of the metrics socket.
+/// A `FileDescriptorName=` for the metrics socket, likewise.
 pub const METRICS_SOCKET_NAME: &str = "metrics";
 
 #[derive(Debug, Error)]
@@ -37,7 +37,7 @@ pub enum ServiceError {
         source: std::io::Error,
     },
     #[error(
-        "systemd passed a socket named `{name}`, which the relay does not use; name them `quic` (ListenDatagram=) and `metrics` (ListenStream=) with FileDescriptorName="
+        "systemd passed socket `{name}`, which is neither UDP (QUIC, ListenDatagram=) nor TCP (metrics, ListenStream=)"
     )]
     UnknownName { name: String },
 }
@@ -50,9 +50,12 @@ pub struct Inherited {
 }
 
 impl Inherited {
-    /// Takes the sockets named in `LISTEN_FDNAMES` from the environment.
-    /// Call before any thread starts: it clears `LISTEN_FDS`/`LISTEN_PID`
-    /// so no child inherits them.
+    /// Takes the sockets systemd passed (`LISTEN_FDS`): the UDP one is
+    /// QUIC's, the TCP one the metrics listener. One `.socket` unit can
+    /// carry both, and `FileDescriptorName=` names every socket of a unit
+    /// alike, so the type decides; a name of `quic` or `metrics` (two
+    /// units) must match it. Call before any thread starts: it clears
+    /// `LISTEN_FDS`/`LISTEN_PID` so no child inherits them.
     pub fn take() -> Result<Inherited, ServiceError> {
         let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
             .map(|v| v.split(':').map(str::to_string).collect())
@@ -60,22 +63,29 @@ impl Inherited {
         let mut fds = listenfd::ListenFd::from_env();
         let mut out = Inherited::default();
         for index in 0..fds.len() {
-            // An unnamed socket (no FileDescriptorName=) is systemd's
-            // default name, the unit's; take it by its type.
             let name = names.get(index).map_or("", String::as_str);
             let err = |source| ServiceError::Socket {
                 index,
                 name: name.to_string(),
                 source,
             };
+            let duplicate = |what: &str| ServiceError::Socket {
+                index,
+                name: name.to_string(),
+                source: std::io::Error::other(format!("a second {what} socket")),
+            };
             match name {
                 QUIC_SOCKET_NAME => out.quic = fds.take_udp_socket(index).map_err(err)?,
                 METRICS_SOCKET_NAME => out.metrics = fds.take_tcp_listener(index).map_err(err)?,
                 _ => {
                     if let Ok(Some(s)) = fds.take_udp_socket(index) {
-                        out.quic = Some(s);
+                        if out.quic.replace(s).is_some() {
+                            return Err(duplicate("UDP"));
+                        }
                     } else if let Ok(Some(l)) = fds.take_tcp_listener(index) {
-                        out.metrics = Some(l);
+                        if out.metrics.replace(l).is_some() {
+                            return Err(duplicate("TCP"));
+                        }
                     } else {
                         return Err(ServiceError::UnknownName {
                             name: name.to_string(),
