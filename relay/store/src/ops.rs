@@ -314,7 +314,7 @@ impl<'t> Tx<'t> {
     /// `retain_in` over its key range: redb then walks the leaves once and
     /// rebuilds each once, where a `remove` per key descends the tree and
     /// rebuilds a leaf for every envelope (0.44 against 2.8 µs per 1 KiB
-    /// envelope in runs of 64, bench/ANALYSIS.md). Every key inside a run's
+    /// envelope in runs of 64). Every key inside a run's
     /// range belongs to a number in `seqs`, so nothing else is touched.
     pub(crate) fn remove(&mut self, id: &ReceiveId, seqs: &[u64]) -> Result<(), StoreError> {
         let mut sorted = seqs.to_vec();
