@@ -148,6 +148,11 @@ pub async fn serve(endpoint: quinn::Endpoint, relay: Arc<Relay>, mut probes: Pro
         let Some(incoming) = incoming else { break };
         let max = relay.limits().max_connections;
         let Some(slot) = slots.try_take(max) else {
+            relay
+                .metrics
+                .connections_refused_total
+                .with_label_values(&["max_connections"])
+                .inc();
             tracing::warn!("connection refused: limits.max_connections ({max}) reached");
             incoming.refuse();
             continue;

@@ -43,17 +43,17 @@ pub async fn bind(
     }
 }
 
-/// What the listener reports on: the metrics registry from the start, the
-/// relay once the store is open.
+/// What the listener reports on: the metrics registries from the start,
+/// the relay once the store is open.
 pub struct Status {
-    registry: Registry,
+    registries: Vec<Registry>,
     relay: OnceLock<Arc<Relay>>,
 }
 
 impl Status {
-    pub fn new(registry: Registry) -> Arc<Status> {
+    pub fn new(registries: Vec<Registry>) -> Arc<Status> {
         Arc::new(Status {
-            registry,
+            registries,
             relay: OnceLock::new(),
         })
     }
@@ -107,7 +107,12 @@ fn respond(status: &Status, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             }
             let mut buf = Vec::new();
             let enc = TextEncoder::new();
-            if enc.encode(&status.registry.gather(), &mut buf).is_err() {
+            let families: Vec<_> = status
+                .registries
+                .iter()
+                .flat_map(Registry::gather)
+                .collect();
+            if enc.encode(&families, &mut buf).is_err() {
                 return text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n");
             }
             let mut r = Response::new(Full::new(Bytes::from(buf)));

@@ -279,7 +279,7 @@ async fn run(
     let (trigger, shutdown) = shutdown::channel();
     // Probes answer from here on, also while the store opens (which, after a
     // crash, means replaying the journal).
-    let status = http::Status::new(metrics.registry.clone());
+    let status = http::Status::new(vec![metrics.registry.clone(), metrics.process.clone()]);
     let service::Inherited {
         quic: quic_socket,
         metrics: metrics_socket,

@@ -128,6 +128,19 @@ impl Relay {
             counter.inc_by(now.saturating_sub(counter.get()));
         }
         m.store_journal_bytes.set(clamp(s.journal_bytes));
+        m.store_journal_capacity_bytes
+            .set(clamp(s.journal_capacity));
+        m.store_expired_envelopes_total.inc_by(
+            s.expired
+                .saturating_sub(m.store_expired_envelopes_total.get()),
+        );
+        let limits = self.limits();
+        m.store_disk_watermark_bytes
+            .set(clamp(limits.min_free_disk_bytes));
+        m.store_max_bytes.set(clamp(limits.max_store_bytes));
+        if let Some(free) = self.store.free_disk_bytes() {
+            m.store_disk_free_bytes.set(clamp(free));
+        }
         m.store_failed.set(i64::from(s.failed));
         m.key_generations
             .set(1 + i64::from(self.keys().previous.is_some()));

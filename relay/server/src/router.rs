@@ -24,6 +24,8 @@ pub struct Push {
     pub mailbox: ReceiveId,
     pub seq: u64,
     pub ciphertext: Bytes,
+    /// When the store's answer said it was durable.
+    pub durable_at: std::time::Instant,
 }
 
 /// Subscription handle id, so an old session's unsubscribe cannot remove
@@ -143,6 +145,7 @@ mod tests {
             mailbox,
             seq,
             ciphertext: Bytes::from_static(b"x"),
+            durable_at: std::time::Instant::now(),
         }
     }
 

@@ -143,18 +143,22 @@ pub fn extend_timeout(by: Duration) {
     let usec = u32::try_from(by.as_micros()).unwrap_or(u32::MAX);
     notify(&[
         NotifyState::ExtendTimeoutUsec(usec),
-        NotifyState::Status("opening the store (replaying the journal after an unclean stop)"),
+        NotifyState::Status(
+            "opening the store (a journal replay after an unclean stop takes a while)",
+        ),
     ]);
 }
 
-/// Keeps asking for more start-up time until dropped, so that a replay
-/// that takes longer than `TimeoutStartSec=` is not killed half-way.
+/// Keeps asking for more start-up time until aborted, so that a replay
+/// that takes longer than `TimeoutStartSec=` is not killed half-way. A
+/// store that opens within the first interval (the usual case) asks for
+/// nothing.
 pub fn extend_while_opening() -> tokio::task::JoinHandle<()> {
     const EVERY: Duration = Duration::from_secs(5);
     tokio::spawn(async move {
         loop {
-            extend_timeout(3 * EVERY);
             tokio::time::sleep(EVERY).await;
+            extend_timeout(3 * EVERY);
         }
     })
 }

@@ -10,6 +10,8 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use tokio::sync::Notify;
 
@@ -23,6 +25,8 @@ pub struct Answered {
     pub tag: u32,
     pub outcome: Result<Enqueued, RequestError>,
     pub ciphertext: Bytes,
+    /// When the send was handed to the store, for its latency.
+    pub submitted: Instant,
 }
 
 /// A session's answer queue; see the module doc.
@@ -69,6 +73,7 @@ pub(crate) struct Sink {
     to: Arc<Answers>,
     tag: u32,
     ciphertext: Option<Bytes>,
+    submitted: Instant,
 }
 
 impl Sink {
@@ -77,6 +82,7 @@ impl Sink {
             to: to.clone(),
             tag,
             ciphertext: Some(ciphertext),
+            submitted: Instant::now(),
         }
     }
 
@@ -90,6 +96,7 @@ impl Sink {
                 tag: self.tag,
                 outcome,
                 ciphertext,
+                submitted: self.submitted,
             });
         }
     }

@@ -72,7 +72,7 @@ impl DiskGauge {
 
 // The field types differ between platforms (u32 on some 32-bit targets).
 #[allow(clippy::useless_conversion)]
-fn free_bytes(dir: &std::path::Path) -> nix::Result<u64> {
+pub(crate) fn free_bytes(dir: &std::path::Path) -> nix::Result<u64> {
     let s = statvfs(dir)?;
     Ok(u64::from(s.blocks_available()).saturating_mul(u64::from(s.fragment_size())))
 }

@@ -32,6 +32,10 @@ pub struct StoreStats {
     /// A journal or database write failed: the store takes no more writes
     /// until the relay is restarted (recovery then replays the journal).
     pub failed: bool,
+    /// Size of the journal's ring: how far the applier may lag.
+    pub journal_capacity: u64,
+    /// Envelopes removed by expiry since open.
+    pub expired: u64,
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +50,8 @@ pub(crate) struct Counters {
     unwritten: AtomicU64,
     journal_bytes: AtomicU64,
     failed: AtomicBool,
+    journal_capacity: AtomicU64,
+    expired: AtomicU64,
 }
 
 impl Counters {
@@ -80,6 +86,15 @@ impl Counters {
         self.unwritten.fetch_add(unwritten, Relaxed);
     }
 
+    pub(crate) fn set_journal_capacity(&self, bytes: u64) {
+        self.journal_capacity.store(bytes, Relaxed);
+    }
+
+    /// The writer, after a commit that removed expired envelopes.
+    pub(crate) fn expired(&self, n: u64) {
+        self.expired.fetch_add(n, Relaxed);
+    }
+
     pub(crate) fn fail(&self) {
         self.failed.store(true, Relaxed);
     }
@@ -100,6 +115,8 @@ impl Counters {
             unwritten: self.unwritten.load(Relaxed),
             journal_bytes: self.journal_bytes.load(Relaxed),
             failed: self.failed.load(Relaxed),
+            journal_capacity: self.journal_capacity.load(Relaxed),
+            expired: self.expired.load(Relaxed),
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct Store {
 
 struct Inner {
     db: Arc<Database>,
+    /// The directory holding the files, for free-space readings.
+    dir: std::path::PathBuf,
     tx: mpsc::Sender<Msg>,
     closing: AtomicBool,
     shared: Arc<Shared>,
@@ -139,6 +141,7 @@ impl Store {
         } = recover(&cfg.journal_path(), cfg.journal_bytes, mark)?;
         let replayed = units.len();
         let shared = Arc::new(Shared::new(Counters::new(totals), &mark));
+        shared.counters.set_journal_capacity(journal.ring());
         let mut applier = Applier::new(db.clone(), shared.clone(), totals, mark, journal.ring());
         let last_seq = units.last().map_or(mark.seq, |u| u.seq);
         for unit in units {
@@ -161,7 +164,7 @@ impl Store {
         };
         let writer = Writer {
             db: db.clone(),
-            disk: DiskGauge::new(dir, cfg.min_free_disk_bytes),
+            disk: DiskGauge::new(dir.clone(), cfg.min_free_disk_bytes),
             cfg,
             clock: clock.clone(),
             shared: shared.clone(),
@@ -182,6 +185,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 db,
+                dir,
                 tx,
                 closing: AtomicBool::new(false),
                 shared,
@@ -394,6 +398,12 @@ impl Store {
         self.submit(Op::SetQuotas(Box::new(quotas)), Reply::Unit)
             .wait()
             .await
+    }
+
+    /// Free bytes on the file system holding the store, as an unprivileged
+    /// user sees them (one `statvfs`); `None` if it cannot be read.
+    pub fn free_disk_bytes(&self) -> Option<u64> {
+        crate::disk::free_bytes(&self.inner.dir).ok()
     }
 
     /// Counters as of the last commit; no database access.

@@ -78,6 +78,8 @@ struct Decided {
     /// This batch's new envelopes and their lengths: an ack later in the
     /// same batch may name one (sequence numbers are easy to guess).
     fresh: HashMap<(ReceiveId, u64), u64>,
+    /// Envelopes this batch removes because they expired.
+    expired: u64,
     gone: Vec<(ReceiveId, u64)>,
     gone_set: HashSet<(ReceiveId, u64)>,
     answers: Vec<(Reply, Result<Answer, RequestError>)>,
@@ -221,6 +223,9 @@ impl Writer {
         }
         for barrier in d.barriers {
             self.shared.inbox.send(ToApplier::Barrier(barrier), true);
+        }
+        if d.expired > 0 {
+            self.shared.counters.expired(d.expired);
         }
         let used = self
             .journal
@@ -577,6 +582,7 @@ impl Writer {
                 self.remove(b, d, &id, found);
             }
         }
+        d.expired += swept;
         Ok(swept)
     }
 }

@@ -90,6 +90,7 @@ impl SessionError {
 /// Serves one incoming connection to its end; `_slot` is its place under
 /// `limits.max_connections`, given back when the session is over.
 pub async fn run(relay: Arc<Relay>, incoming: Box<quinn::Incoming>, _slot: crate::endpoint::Slot) {
+    let started = std::time::Instant::now();
     let conn = match (*incoming).await {
         Ok(c) => c,
         Err(e) => {
@@ -104,7 +105,7 @@ pub async fn run(relay: Arc<Relay>, incoming: Box<quinn::Incoming>, _slot: crate
         }
     };
     relay.metrics.connections_total.inc();
-    let result = serve(&relay, &conn).await;
+    let result = serve(&relay, &conn, started).await;
     let code = match &result {
         Ok(()) => CloseCode::Normal,
         Err(e) => {
@@ -122,7 +123,11 @@ pub async fn run(relay: Arc<Relay>, incoming: Box<quinn::Incoming>, _slot: crate
     conn.close(code.to_u32().into(), code.reason().as_bytes());
 }
 
-async fn serve(relay: &Arc<Relay>, conn: &quinn::Connection) -> Result<(), SessionError> {
+async fn serve(
+    relay: &Arc<Relay>,
+    conn: &quinn::Connection,
+    started: std::time::Instant,
+) -> Result<(), SessionError> {
     let mut exporter = [0u8; EXPORTER_LEN];
     conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
         .map_err(|_| SessionError::Exporter)?;
@@ -156,6 +161,11 @@ async fn serve(relay: &Arc<Relay>, conn: &quinn::Connection) -> Result<(), Sessi
         .handshakes_total
         .with_label_values(&[label, "ok"])
         .inc();
+    relay
+        .metrics
+        .handshake_duration_seconds
+        .with_label_values(&[label])
+        .observe(started.elapsed().as_secs_f64());
     let active = relay.metrics.connections_active.with_label_values(&[label]);
     active.inc();
     let result = match owner {

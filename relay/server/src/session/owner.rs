@@ -75,8 +75,13 @@ pub async fn run(
             _ = pushes.rung() => {
                 let (queued, dropped) = pushes.take();
                 for push in queued {
+                    let durable_at = push.durable_at;
                     if let Some(frame) = owner.on_push(push) {
                         owner.reply(frame).await;
+                        relay
+                            .metrics
+                            .delivery_latency_seconds
+                            .observe(durable_at.elapsed().as_secs_f64());
                     }
                 }
                 if dropped {

@@ -109,10 +109,19 @@ async fn answer(relay: Arc<Relay>, mut send: quinn::SendStream, flow: Arc<Flow>)
             continue;
         }
         let n = answered.len();
+        // The oldest send in the batch waited longest; each is timed from
+        // its own submission to this write.
+        let submitted: Vec<_> = answered.iter().map(|a| a.submitted).collect();
         for a in answered {
             batch.push(&result(&relay, a));
         }
         let written = send.write_all_chunks(batch.chunks()).await;
+        for at in submitted {
+            relay
+                .metrics
+                .send_duration_seconds
+                .observe(at.elapsed().as_secs_f64());
+        }
         batch.clear();
         flow.outstanding.fetch_sub(n, Ordering::AcqRel);
         flow.permits.add_permits(n);
@@ -134,6 +143,7 @@ fn result(relay: &Relay, a: Answered) -> Frame {
                 mailbox: done.receive_id,
                 seq: done.seq,
                 ciphertext: a.ciphertext,
+                durable_at: std::time::Instant::now(),
             });
             ResultCode::Ok
         }
