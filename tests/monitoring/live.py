@@ -4,7 +4,8 @@
     live.py serving PROM_URL INSTANCE DASHBOARD_JSON
         up == 1 for INSTANCE; every rule group healthy (health "ok", no
         lastError); every target of every dashboard panel returns at least
-        one series, with the dashboard's variables substituted.
+        one series with a number (not NaN), with the dashboard's variables
+        substituted.
     live.py down PROM_URL INSTANCE
         waits until ChappeRelayDown's expression is true for INSTANCE and
         the alert is pending or firing.
@@ -78,6 +79,11 @@ def panel_targets(dashboard):
                 yield p["title"], t["refId"], t["expr"]
 
 
+def numbers(result):
+    """The series of a query result whose value is a number (NaN draws nothing)."""
+    return [r for r in result if r["value"][1] not in ("NaN", "+Inf", "-Inf")]
+
+
 def substitute(expr, instance):
     for var, value in [("$__rate_interval", "1m"), ("$__interval", "15s"), ("$__range", "5m"),
                        ("${datasource}", ""), ("$datasource", ""),
@@ -104,12 +110,12 @@ def serving(base, instance, dashboard_path):
     dashboard = json.load(open(dashboard_path))
     for title, ref, expr in panel_targets(dashboard):
         q = substitute(expr, inst)
-        result = wait_for(title, lambda: query(base, q), 10)
+        drawn = wait_for(title, lambda: numbers(query(base, q)), 10)
         sample = ""
-        if result:
-            m = result[0]["metric"]
-            sample = f" e.g. {{{', '.join(f'{k}={v}' for k, v in sorted(m.items()) if k not in ('job', 'instance'))}}} = {result[0]['value'][1]}"
-        check(bool(result), f"panel {title!r} {ref}: {len(result)} series{sample}  [{q}]")
+        if drawn:
+            labels = ", ".join(f"{k}={v}" for k, v in sorted(drawn[0]["metric"].items()) if k not in ("job", "instance"))
+            sample = f" e.g. {{{labels}}} = {float(drawn[0]['value'][1]):.6g}"
+        check(bool(drawn), f"panel {title!r} {ref}: {len(drawn)} series with a value{sample}  [{q}]")
 
 
 def down(base, instance):
