@@ -99,6 +99,9 @@ pub async fn run(
 /// Writes the results, as many per stream write as are queued.
 async fn answer(relay: Arc<Relay>, mut send: quinn::SendStream, flow: Arc<Flow>) {
     let mut batch = Batch::default();
+    // When each send of the batch being written was submitted, for its
+    // latency; kept across batches so a busy session does not allocate.
+    let mut submitted = Vec::new();
     loop {
         let answered = flow.answers.take();
         if answered.is_empty() {
@@ -109,14 +112,13 @@ async fn answer(relay: Arc<Relay>, mut send: quinn::SendStream, flow: Arc<Flow>)
             continue;
         }
         let n = answered.len();
-        // The oldest send in the batch waited longest; each is timed from
-        // its own submission to this write.
-        let submitted: Vec<_> = answered.iter().map(|a| a.submitted).collect();
+        // Each send is timed from its own submission to this write.
+        submitted.extend(answered.iter().map(|a| a.submitted));
         for a in answered {
             batch.push(&result(&relay, a));
         }
         let written = send.write_all_chunks(batch.chunks()).await;
-        for at in submitted {
+        for at in submitted.drain(..) {
             relay
                 .metrics
                 .send_duration_seconds
