@@ -363,8 +363,11 @@ async fn run(
             _ = int.recv() => break,
             _ = hup.recv() => {
                 service::reloading();
-                reload(&mut reloader, &relay).await;
+                let outcome = reloader.reload(&relay).await;
+                // READY=1 before the count moves: whoever waits for the count
+                // (the Ansible role) then finds the unit active again.
                 service::ready(&relay.status_line(listen));
+                count_reload(outcome, &relay);
             }
             _ = tokio::time::sleep(retire.unwrap_or_default()), if retire.is_some() => {
                 retire_previous_key(&reloader.running, &relay);
@@ -384,8 +387,9 @@ async fn run(
     Ok(())
 }
 
-async fn reload(reloader: &mut reload::Reloader, relay: &std::sync::Arc<relay::Relay>) {
-    match reloader.reload(relay).await {
+/// Logs and counts a reload's outcome.
+fn count_reload(outcome: anyhow::Result<reload::Applied>, relay: &relay::Relay) {
+    match outcome {
         Ok(applied) => {
             relay.metrics.reloads_total.with_label_values(&["ok"]).inc();
             if !applied.needs_restart.is_empty() {
