@@ -131,25 +131,57 @@ pub struct Established {
     pub peer_hello: Hello,
 }
 
+/// The handshake state every wrapper below starts from. The prologue is a
+/// parameter (the wrappers pass [`prologue`]) so that the published Noise
+/// vectors, whose prologues are arbitrary, run through this same function.
 fn build(
     pattern: noise_protocol::patterns::HandshakePattern,
     initiator: bool,
-    exporter: &[u8; EXPORTER_LEN],
+    prologue: &[u8],
     s: Option<&Keypair>,
     rs: Option<[u8; 32]>,
 ) -> State {
-    let p = prologue(exporter);
     let mut b = HandshakeStateBuilder::<X25519>::new();
     b.set_pattern(pattern)
         .set_is_initiator(initiator)
-        .set_prologue(&p);
+        .set_prologue(prologue);
     if let Some(s) = s {
         b.set_s(s.secret_copy());
     }
     if let Some(rs) = rs {
         b.set_rs(rs);
     }
+    #[cfg(test)]
+    if let Some(e) = fixed_ephemeral::take() {
+        b.set_e(e);
+    }
     b.build_handshake_state()
+}
+
+/// Test builds only: ephemeral keys queued for the next [`build`] calls on
+/// this thread, so that a handshake can be checked byte for byte against
+/// published vectors. Outside `cargo test` of this crate the module does not
+/// exist, and every ephemeral key is fresh from the OS RNG.
+#[cfg(test)]
+mod fixed_ephemeral {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    use super::SecretKey;
+
+    thread_local! {
+        static NEXT: RefCell<VecDeque<[u8; 32]>> = const { RefCell::new(VecDeque::new()) };
+    }
+
+    /// The next state built on this thread uses `secret` as its ephemeral key.
+    pub fn push(secret: [u8; 32]) {
+        NEXT.with(|next| next.borrow_mut().push_back(secret));
+    }
+
+    pub fn take() -> Option<SecretKey> {
+        NEXT.with(|next| next.borrow_mut().pop_front())
+            .map(SecretKey::from)
+    }
 }
 
 fn write(hs: &mut State, payload: &[u8]) -> Result<Vec<u8>, HandshakeError> {
@@ -209,7 +241,13 @@ impl OwnerInitiator {
         exporter: &[u8; EXPORTER_LEN],
         hello: &Hello,
     ) -> Result<(Self, Vec<u8>), HandshakeError> {
-        let mut hs = build(noise_xk(), true, exporter, Some(owner), Some(*relay_key));
+        let mut hs = build(
+            noise_xk(),
+            true,
+            &prologue(exporter),
+            Some(owner),
+            Some(*relay_key),
+        );
         let msg1 = write(&mut hs, &hello.encode())?;
         Ok((OwnerInitiator { hs }, msg1))
     }
@@ -236,7 +274,7 @@ impl OwnerResponder {
         exporter: &[u8; EXPORTER_LEN],
         msg1: &[u8],
     ) -> Result<Self, HandshakeError> {
-        let mut hs = build(noise_xk(), false, exporter, Some(relay), None);
+        let mut hs = build(noise_xk(), false, &prologue(exporter), Some(relay), None);
         let client_hello = read_hello(&mut hs, msg1)?;
         Ok(OwnerResponder { hs, client_hello })
     }
@@ -290,7 +328,13 @@ impl SenderInitiator {
         exporter: &[u8; EXPORTER_LEN],
         hello: &Hello,
     ) -> Result<(Self, Vec<u8>), HandshakeError> {
-        let mut hs = build(noise_nk(), true, exporter, None, Some(*relay_key));
+        let mut hs = build(
+            noise_nk(),
+            true,
+            &prologue(exporter),
+            None,
+            Some(*relay_key),
+        );
         let msg1 = write(&mut hs, &hello.encode())?;
         Ok((SenderInitiator { hs }, msg1))
     }
@@ -314,7 +358,7 @@ impl SenderResponder {
         exporter: &[u8; EXPORTER_LEN],
         msg1: &[u8],
     ) -> Result<Self, HandshakeError> {
-        let mut hs = build(noise_nk(), false, exporter, Some(relay), None);
+        let mut hs = build(noise_nk(), false, &prologue(exporter), Some(relay), None);
         let client_hello = read_hello(&mut hs, msg1)?;
         Ok(SenderResponder { hs, client_hello })
     }
@@ -329,6 +373,9 @@ impl SenderResponder {
         Ok((msg2, est))
     }
 }
+
+#[cfg(test)]
+mod vectors;
 
 #[cfg(test)]
 mod tests {
