@@ -16,6 +16,8 @@
 //! - [`session`]: the Noise handshake, then [`OwnerSession`] (XK: mailboxes,
 //!   deliveries, acks) or [`Sender`] (NK: anonymous, pipelined sends).
 //! - [`home`]: the CLI's files (identity, owner key, mailboxes).
+//! - [`terminal`]: message bodies escaped so that printing one cannot forge
+//!   a line or drive the terminal.
 //! - [`error`]: [`ClientError`], carrying the relay's result code on refusal.
 //!
 //! A minimal exchange (see `examples/roundtrip.rs` for a complete one):
@@ -44,6 +46,7 @@ pub mod home;
 pub mod identity;
 pub mod seal;
 pub mod session;
+pub mod terminal;
 pub mod transport;
 
 pub use error::ClientError;

@@ -14,6 +14,7 @@ use chappe_client::error::ClientError;
 use chappe_client::home::{Home, Mailbox};
 use chappe_client::seal::{self, MailboxKeyPair};
 use chappe_client::session::{OwnerSession, Sender};
+use chappe_client::terminal;
 use chappe_proto::descriptor::Descriptor;
 use chappe_proto::{DeliveryToken, ReceiveId};
 use clap::{Parser, Subcommand};
@@ -56,6 +57,13 @@ enum Command {
     /// Load-test a running relay (see docs/BENCHMARKS.md).
     Bench(BenchArgs),
     /// Print messages waiting in your mailboxes, acknowledging each once shown.
+    ///
+    /// One line per message: `from FINGERPRINT: BODY`. The body is the
+    /// sender's choice, so it is printed escaped: newlines, tabs and other
+    /// control characters (escape sequences included), bidirectional
+    /// overrides and bytes that are not UTF-8 appear as `\n`, `\t`,
+    /// `\x1b`, `\u{202e}`, `\xff`, and a backslash as `\\`. A body can
+    /// neither start a line of its own nor move the cursor.
     Recv {
         /// Keep running and print messages as they arrive.
         #[arg(long)]
@@ -421,11 +429,13 @@ async fn receive_from(
             Ok(msg) => {
                 if seen.insert(msg.message_id) {
                     let mut out = stdout.lock();
+                    // The body is the sender's: escaped, it stays on this
+                    // line and cannot drive the terminal.
                     writeln!(
                         out,
                         "from {}: {}",
                         msg.sender_identity.fingerprint(),
-                        String::from_utf8_lossy(&msg.body)
+                        terminal::escape(&msg.body)
                     )?;
                     out.flush()?;
                     home.mark_seen(&msg.message_id)?;
