@@ -34,6 +34,13 @@ pub struct StoreConfig {
     /// Memory redb may use to cache pages of `store.redb` (reads and the
     /// writes of one applier transaction).
     pub cache_bytes: usize,
+    /// Open even if the journal is damaged in the middle (intact records
+    /// after a damaged one), missing after an unclean stop, or in an older
+    /// format with records to replay: what cannot be read is dropped, and
+    /// the log says what. Off by default; the operator's explicit choice
+    /// (`chappe-relay check --discard-damaged-journal`), never a config key
+    /// that would stay set for the next damage.
+    pub discard_damaged_journal: bool,
 }
 
 impl StoreConfig {
@@ -50,6 +57,7 @@ impl StoreConfig {
             max_batch: 1024,
             journal_bytes: 64 * MIB,
             cache_bytes: 1 << 30,
+            discard_damaged_journal: false,
         }
     }
 

@@ -65,6 +65,37 @@ pub enum StoreError {
         seq: u64,
         detail: String,
     },
+    /// The journal's chain of records breaks before its end: a record that
+    /// was written and synced is damaged, and intact records follow it.
+    #[error(
+        "{path} is damaged at position {pos}, after record {after_seq}, and intact records \
+         follow the damage: {lost}. Starting would drop them, so the relay does not start. \
+         `chappe-relay check` reports the same; to start anyway, dropping them for good, \
+         run `chappe-relay check --discard-damaged-journal` once, then start the relay"
+    )]
+    JournalDamaged {
+        path: PathBuf,
+        pos: u64,
+        after_seq: u64,
+        lost: JournalLoss,
+    },
+    /// The store was not shut down cleanly and its journal is gone: what it
+    /// held beyond the store's mark is lost unless the file comes back.
+    #[error(
+        "the store was not stopped cleanly and its journal {path} is missing: it holds the \
+         envelopes and acknowledgements of the last moments before the stop. Put the file back \
+         (from wherever it was moved, or the backup it came with); or, accepting that they are \
+         lost, run `chappe-relay check --discard-damaged-journal` once, then start the relay"
+    )]
+    JournalMissing { path: PathBuf },
+    /// A journal in an older format still holds records to replay.
+    #[error(
+        "{path} is in journal format {version}, which this build does not replay, and the store \
+         was not stopped cleanly, so it may hold acknowledged envelopes. Start the previous \
+         chappe-relay version once and stop it cleanly (`systemctl stop`), then upgrade; or, \
+         accepting their loss, run `chappe-relay check --discard-damaged-journal` once"
+    )]
+    JournalFormat { path: PathBuf, version: u32 },
     /// A journal or database write failed earlier; see the log for which.
     #[error(
         "the store stopped taking writes after a failed disk write (see the earlier error); \
@@ -74,11 +105,73 @@ pub enum StoreError {
     /// Something the code guarantees did not hold; a bug, not a disk fault.
     #[error("store invariant broken: {0}")]
     Invariant(&'static str),
+    #[error("{path} exists; a backup never overwrites a file: name a new one")]
+    BackupExists { path: PathBuf },
+    #[error("backup {path}: {source}")]
+    BackupIo {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error(
+        "{path} is not a backup: its journal mark says it needs a journal to be complete (it is \
+         a copy of a live store.redb, not one `chappe-relay backup` wrote)"
+    )]
+    BackupNeedsJournal { path: PathBuf },
+    #[error("the backup fails the consistency check ({problems} problems); nothing was changed")]
+    BackupInconsistent { problems: usize },
+    #[error(
+        "{path} is open in a running relay; stop it first (`systemctl stop chappe-relay`): a \
+         restore replaces the store under it"
+    )]
+    StoreInUse { path: PathBuf },
+}
+
+/// What the records beyond a break in the journal hold: what would be
+/// lost by starting without them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JournalLoss {
+    /// Intact batch records after the damage.
+    pub records: u64,
+    /// Their sequence numbers, lowest and highest.
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Envelopes they stored (each one a send answered `ok`).
+    pub envelopes: u64,
+    /// Their ciphertext bytes.
+    pub bytes: u64,
+    /// Envelopes they removed (acknowledged or expired): lost, these come
+    /// back and are delivered again.
+    pub removed: u64,
+    /// Records whose contents could not be decoded (counted, not read).
+    pub undecodable: u64,
+}
+
+impl std::fmt::Display for JournalLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} records (numbers {} to {}) holding {} envelopes ({} bytes of ciphertext) and \
+             {} removals",
+            self.records, self.first_seq, self.last_seq, self.envelopes, self.bytes, self.removed
+        )?;
+        if self.undecodable > 0 {
+            write!(f, ", {} of the records unreadable", self.undecodable)?;
+        }
+        Ok(())
+    }
 }
 
 impl StoreError {
     pub(crate) fn corrupt(table: &'static str, detail: &'static str) -> Self {
         StoreError::Corrupt { table, detail }
+    }
+
+    pub(crate) fn backup_io(path: &std::path::Path, source: std::io::Error) -> Self {
+        StoreError::BackupIo {
+            path: path.to_owned(),
+            source: Arc::new(source),
+        }
     }
 
     pub(crate) fn journal_io(path: &std::path::Path, source: std::io::Error) -> Self {

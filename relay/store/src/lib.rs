@@ -36,6 +36,8 @@
 //! - [`store`]: the [`Store`] handle; opening and journal recovery.
 //! - `writer`: the group-commit thread, which decides every write.
 //! - `applier`: the thread that moves journaled batches into redb.
+//! - [`backup`]: the online backup's consistent [`Snapshot`], checking a
+//!   backup before a restore, and figures read from a stopped store.
 //! - [`journal`]: the journal file (a ring of authenticated records).
 //! - [`effect`]: what a journal record holds: the envelope changes a batch made.
 //! - `memtable`: journaled envelopes and acks redb does not have yet, for reads.
@@ -54,6 +56,7 @@
 
 mod answers;
 mod applier;
+pub mod backup;
 mod clock;
 mod config;
 mod disk;
@@ -75,8 +78,9 @@ mod writer;
 mod tests;
 
 pub use answers::{Answered, Answers};
+pub use backup::{BackupSummary, OfflineStats, Snapshot};
 pub use config::{Quotas, StoreConfig};
-pub use error::{RequestError, StoreError};
+pub use error::{JournalLoss, RequestError, StoreError};
 pub use reads::{CheckReport, MAX_PROBLEMS};
 pub use request::{Enqueued, MailboxInfo, StoredEnvelope};
 pub use schema::Totals;

@@ -16,12 +16,13 @@ use tokio::sync::oneshot;
 
 use crate::answers::{Answers, Sink};
 use crate::applier::{Applier, Shared, Unit};
+use crate::backup::Snapshot;
 use crate::clock::Clock;
 use crate::config::StoreConfig;
 use crate::disk::DiskGauge;
 use crate::effect;
-use crate::error::{RequestError, StoreError};
-use crate::journal::Journal;
+use crate::error::{JournalLoss, RequestError, StoreError};
+use crate::journal::{Journal, record};
 use crate::overlay::Overlay;
 use crate::reads::{self, CheckReport, FetchArgs};
 use crate::records::TokenList;
@@ -138,7 +139,7 @@ impl Store {
             mark,
             units,
             head,
-        } = recover(&cfg.journal_path(), cfg.journal_bytes, mark)?;
+        } = recover(&cfg, mark)?;
         let replayed = units.len();
         let shared = Arc::new(Shared::new(Counters::new(totals), &mark));
         shared.counters.set_journal_capacity(journal.ring());
@@ -452,6 +453,17 @@ impl Store {
         reads::check(&self.inner.db)
     }
 
+    /// The store as of one instant, for [`Snapshot::write`]: waits until
+    /// everything answered before the call is in redb, then opens one read
+    /// transaction. The relay keeps serving meanwhile; see [`crate::backup`].
+    pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.flush().await.map_err(|e| match e {
+            RequestError::Internal(e) => e,
+            _ => StoreError::WriterStopped,
+        })?;
+        Snapshot::begin(&self.inner.db)
+    }
+
     /// Stops taking requests, lets the writer commit and answer everything
     /// queued before and the applier put it all into redb, then stops both.
     /// Later requests get `ShuttingDown`; reads keep working until the last
@@ -511,12 +523,135 @@ struct Recovered {
     head: u64,
 }
 
-/// Opens the store's journal and reads what it holds beyond `mark`, or
-/// creates a journal if there is none.
-fn recover(path: &Path, ring: u64, mark: Option<JournalMark>) -> Result<Recovered, StoreError> {
+/// What the journal next to a store holds, read without changing anything:
+/// what opening the store acts on, and what `chappe-relay check` reports.
+pub(crate) enum Examined {
+    /// The store has no mark (new, or upgraded from before the journal):
+    /// a new journal is made; one found there belongs to nothing.
+    Unmarked { stray: bool },
+    /// The store has a mark and there is no journal file.
+    Missing { clean: bool },
+    /// The journal belongs to another store.
+    Mismatch,
+    /// The journal is in an older format.
+    OldFormat { version: u32, clean: bool },
+    /// The journal, read from the mark.
+    Read(Reading),
+}
+
+/// The journal read from the store's mark.
+pub(crate) struct Reading {
+    pub journal: Journal,
+    pub mark: JournalMark,
+    /// The chain of records after the mark: replayed at open.
+    pub units: Vec<Unit>,
+    /// Where the chain ends: the writer continues here.
+    pub head: u64,
+    /// The chain's last sequence number (the mark's, if it is empty).
+    pub last_seq: u64,
+    /// Intact records beyond a break in the chain (damage in the middle),
+    /// and the highest number among them; `None` after a clean stop (the
+    /// chain then ends where the last run stopped writing) or when nothing
+    /// follows the break (a torn tail, or no tail at all).
+    pub damage: Option<(JournalLoss, u64)>,
+}
+
+/// Reads the journal at `path` against the store's `mark`.
+pub(crate) fn examine(path: &Path, mark: Option<JournalMark>) -> Result<Examined, StoreError> {
     let existing = Journal::open(path)?;
+    let (mark, journal) = match (mark, existing) {
+        (None, j) => return Ok(Examined::Unmarked { stray: j.is_some() }),
+        (Some(m), None) => return Ok(Examined::Missing { clean: m.clean }),
+        (Some(m), Some(j)) if j.id() != m.id => return Ok(Examined::Mismatch),
+        (Some(m), Some(j)) if j.version() != record::VERSION => {
+            return Ok(Examined::OldFormat {
+                version: j.version(),
+                clean: m.clean,
+            });
+        }
+        (Some(m), Some(j)) => (m, j),
+    };
+    let mut scan = journal.scan(mark.pos, mark.seq);
+    let mut units = Vec::new();
+    for rec in scan.by_ref() {
+        let rec = rec.map_err(|e| StoreError::journal_io(path, e))?;
+        units.push(unit(path, rec)?);
+    }
+    let (head, last_seq) = (scan.position(), scan.last_seq());
+    drop(scan);
+    // After a clean stop nothing was written past the chain's end. After
+    // any other, the writer may have reached one ring past the mark.
+    let damage = if mark.clean {
+        None
+    } else {
+        let later = journal
+            .later(head, mark.pos + journal.ring(), last_seq)
+            .map_err(|e| StoreError::journal_io(path, e))?;
+        (!later.is_empty()).then(|| (loss(&later.records), later.last))
+    };
+    Ok(Examined::Read(Reading {
+        journal,
+        mark,
+        units,
+        head,
+        last_seq,
+        damage,
+    }))
+}
+
+/// A record's effects, for the applier.
+fn unit(path: &Path, rec: crate::journal::Record) -> Result<Unit, StoreError> {
+    let effects = effect::decode(&rec.payload).map_err(|e| StoreError::JournalRecord {
+        path: path.to_owned(),
+        seq: rec.seq,
+        detail: e.to_string(),
+    })?;
+    Ok(Unit {
+        seq: rec.seq,
+        end: rec.end,
+        effects,
+    })
+}
+
+/// What `records` hold, in the terms an operator weighs a loss in.
+pub(crate) fn loss(records: &[crate::journal::Record]) -> JournalLoss {
+    let mut l = JournalLoss {
+        records: records.len() as u64,
+        first_seq: records.first().map_or(0, |r| r.seq),
+        last_seq: records.last().map_or(0, |r| r.seq),
+        ..JournalLoss::default()
+    };
+    for r in records {
+        match effect::decode(&r.payload) {
+            Ok(effects) => count(&mut l, &effects),
+            Err(_) => l.undecodable += 1,
+        }
+    }
+    l
+}
+
+/// Adds what `effects` store and remove to `l`.
+pub(crate) fn count(l: &mut JournalLoss, effects: &[effect::Effect]) {
+    for e in effects {
+        match e {
+            effect::Effect::Put { ciphertext, .. } => {
+                l.envelopes += 1;
+                l.bytes = l.bytes.saturating_add(ciphertext.len() as u64);
+            }
+            effect::Effect::Remove { seqs, .. } => l.removed += seqs.len() as u64,
+            effect::Effect::Unindex { .. } => {}
+        }
+    }
+}
+
+/// Opens the store's journal and reads what it holds beyond `mark`, or
+/// creates a journal if there is none. Refuses what would lose
+/// acknowledged data unless `cfg.discard_damaged_journal` says to accept it.
+fn recover(cfg: &StoreConfig, mark: Option<JournalMark>) -> Result<Recovered, StoreError> {
+    let path = &cfg.journal_path();
+    let discard = cfg.discard_damaged_journal;
     let fresh = |seq: u64| -> Result<Recovered, StoreError> {
-        let journal = Journal::create(path, ring)?;
+        let journal = Journal::create(path, cfg.journal_bytes)?;
         Ok(Recovered {
             mark: JournalMark {
                 id: journal.id(),
@@ -529,9 +664,10 @@ fn recover(path: &Path, ring: u64, mark: Option<JournalMark>) -> Result<Recovere
             head: 0,
         })
     };
-    let (mark, journal) = match (mark, existing) {
-        (None, existing) => {
-            if existing.is_some() {
+    let seq = mark.map_or(0, |m| m.seq);
+    let r = match examine(path, mark)? {
+        Examined::Unmarked { stray } => {
+            if stray {
                 tracing::warn!(
                     path = %path.display(),
                     "replacing a journal that no store refers to"
@@ -539,47 +675,88 @@ fn recover(path: &Path, ring: u64, mark: Option<JournalMark>) -> Result<Recovere
             }
             return fresh(0);
         }
-        (Some(m), None) => {
-            if !m.clean {
-                tracing::warn!(
-                    path = %path.display(),
-                    "the journal is missing and the store was not shut down cleanly: envelopes \
-                     accepted in the last moments before the stop are lost; starting a new journal"
-                );
-            }
-            return fresh(m.seq);
+        Examined::Missing { clean: true } => return fresh(seq),
+        Examined::Missing { clean: false } if discard => {
+            tracing::warn!(
+                path = %path.display(),
+                "the journal is missing after an unclean stop; as told \
+                 (--discard-damaged-journal), starting a new one: what it held beyond the \
+                 store's last checkpoint is lost"
+            );
+            return fresh(seq);
         }
-        (Some(m), Some(j)) if j.id() != m.id => {
+        Examined::Missing { clean: false } => {
+            return Err(StoreError::JournalMissing {
+                path: path.to_owned(),
+            });
+        }
+        Examined::Mismatch => {
             return Err(StoreError::JournalMismatch {
                 path: path.to_owned(),
             });
         }
-        (Some(m), Some(j)) => (m, j),
+        Examined::OldFormat { version, clean } => {
+            if clean {
+                // A clean stop applied all of it: nothing to replay.
+                tracing::info!(
+                    path = %path.display(),
+                    version,
+                    "replacing a fully applied journal of an older format"
+                );
+            } else if discard {
+                tracing::warn!(
+                    path = %path.display(),
+                    version,
+                    "replacing a journal of an older format after an unclean stop, as told \
+                     (--discard-damaged-journal): what it held beyond the store's last \
+                     checkpoint is lost"
+                );
+            } else {
+                return Err(StoreError::JournalFormat {
+                    path: path.to_owned(),
+                    version,
+                });
+            }
+            return fresh(seq);
+        }
+        Examined::Read(r) => r,
     };
-    if journal.ring() != ring {
+    let Reading {
+        journal,
+        mut mark,
+        units,
+        head,
+        last_seq,
+        damage,
+    } = r;
+    if let Some((lost, highest)) = damage {
+        if !discard {
+            return Err(StoreError::JournalDamaged {
+                path: path.to_owned(),
+                pos: head,
+                after_seq: last_seq,
+                lost,
+            });
+        }
+        tracing::warn!(
+            path = %path.display(),
+            position = head,
+            after = last_seq,
+            "the journal is damaged; as told (--discard-damaged-journal), dropping what follows \
+             the damage: {lost}"
+        );
+        // The dropped records stay in the ring until overwritten. Numbering
+        // goes on past them, so that neither the chain nor this search
+        // ever takes one of them for a newer record again.
+        mark.seq = mark.seq.max(highest);
+    }
+    if journal.ring() != cfg.journal_bytes {
         tracing::info!(
             size = journal.ring(),
-            configured = ring,
+            configured = cfg.journal_bytes,
             "the journal keeps the size it was created with; a new size applies to a new journal"
         );
     }
-    let mut scan = journal.scan(mark.pos, mark.seq);
-    let mut units = Vec::new();
-    for rec in scan.by_ref() {
-        let rec = rec.map_err(|e| StoreError::journal_io(path, e))?;
-        let effects = effect::decode(&rec.payload).map_err(|e| StoreError::JournalRecord {
-            path: path.to_owned(),
-            seq: rec.seq,
-            detail: e.to_string(),
-        })?;
-        units.push(Unit {
-            seq: rec.seq,
-            end: rec.end,
-            effects,
-        });
-    }
-    let head = scan.position();
-    drop(scan);
     Ok(Recovered {
         journal,
         mark,

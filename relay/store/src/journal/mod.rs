@@ -17,10 +17,25 @@
 //! overwrites a record the applier has not yet put into redb (`tail`).
 //!
 //! Recovery reads from the position the store recorded with its last
-//! applied batch and stops at the first header that is not a genuine,
-//! newer record ([`record`] says what "genuine" means) or whose payload
-//! fails its checksum: a record the writer had not finished syncing was
-//! never acknowledged to anyone.
+//! applied batch and stops at the first thing that is not a genuine, newer
+//! record ([`record`] says what "genuine" means): a record the writer had
+//! not finished syncing was never acknowledged to anyone. That is a *torn
+//! tail*, and the normal end of a crash.
+//!
+//! But the same stop can also be *damage in the middle*: a record that
+//! was synced and answered, and later changed on disk, with more records
+//! after it. Truncating there would silently drop everything after it, so
+//! recovery then looks further ([`Journal::later`]): through the rest of
+//! the span the writer could have filled since the mark (it never runs
+//! more than one ring ahead of it), for any genuine record newer than the
+//! last one read. The MAC binds each record to its virtual position, so an
+//! older lap's record, still in the ring, is never mistaken for one: only
+//! this lap's records verify where they lie. A normal crash can leave no
+//! such record, since each batch is written only after the one before was
+//! synced; the one exception, a wrap marker torn while the record it
+//! announces was written, the chain itself steps over (see `Scan::step`).
+//! Whoever opens the store decides what a later record means (`crate::store`
+//! refuses to start unless the operator accepts the loss).
 
 pub(crate) mod record;
 
@@ -35,7 +50,10 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 pub use record::HeaderError;
-use record::{FILE_HEADER, FileHeader, ID_LEN, Kind, RECORD_HEADER, RecordHeader, Sealer, aligned};
+use record::{
+    ALIGN, FILE_HEADER, FileHeader, ID_LEN, Kind, RECORD_HEADER, RecordHeader, Sealer, VERSION,
+    aligned,
+};
 
 /// What went wrong with the journal file.
 #[derive(Debug, thiserror::Error)]
@@ -108,11 +126,15 @@ impl<R: ReadAt + ?Sized> Scan<'_, R> {
     }
 
     /// The sequence number of the last record read (or `after`).
-    #[cfg(test)]
     pub(crate) fn last_seq(&self) -> u64 {
         self.last
     }
 
+    /// The chain's next record. Where a wrap marker should be and is not
+    /// (torn by the crash that interrupted its append, or damaged), the
+    /// record it announced may still be whole at the start of the next lap,
+    /// carrying the next number: that record is read, since only the
+    /// writer could have put a genuine one there.
     fn step(&mut self) -> io::Result<Option<Record>> {
         loop {
             let off = self.pos % self.ring;
@@ -124,17 +146,25 @@ impl<R: ReadAt + ?Sized> Scan<'_, R> {
                 self.pos += room;
                 continue;
             }
-            let mut raw = [0u8; RECORD_HEADER];
-            self.src.read_exact_at(&mut raw, FILE_HEADER + off)?;
-            let Some(h) = self.sealer.open(self.pos, &raw) else {
-                return Ok(None);
+            let found = genuine_at(self.src, &self.sealer, self.ring, self.pos)?;
+            let (h, payload) = match found {
+                Some((h, p)) if h.seq > self.last => (h, p),
+                _ => {
+                    let next_lap = self.pos + room;
+                    let Some((h, p)) = genuine_at(self.src, &self.sealer, self.ring, next_lap)?
+                    else {
+                        return Ok(None);
+                    };
+                    if h.kind != Kind::Batch || h.seq != self.last + 1 || !self.spend(room) {
+                        return Ok(None);
+                    }
+                    self.pos = next_lap;
+                    (h, p)
+                }
             };
-            if h.seq <= self.last {
-                return Ok(None);
-            }
             match h.kind {
                 Kind::Wrap => {
-                    if h.len != 0 || !self.spend(room) {
+                    if !self.spend(room) {
                         return Ok(None);
                     }
                     // The record that follows carries the same number.
@@ -142,15 +172,8 @@ impl<R: ReadAt + ?Sized> Scan<'_, R> {
                     self.pos += room;
                 }
                 Kind::Batch => {
-                    let len = u64::from(h.len);
-                    let size = aligned(RECORD_HEADER as u64 + len);
-                    if size > room || !self.spend(size) {
-                        return Ok(None);
-                    }
-                    let mut payload = vec![0u8; usize::try_from(len).unwrap_or(0)];
-                    self.src
-                        .read_exact_at(&mut payload, FILE_HEADER + off + RECORD_HEADER as u64)?;
-                    if crc32fast::hash(&payload) != h.crc {
+                    let size = aligned(RECORD_HEADER as u64 + u64::from(h.len));
+                    if !self.spend(size) {
                         return Ok(None);
                     }
                     self.last = h.seq;
@@ -158,7 +181,7 @@ impl<R: ReadAt + ?Sized> Scan<'_, R> {
                     return Ok(Some(Record {
                         seq: h.seq,
                         end: self.pos,
-                        payload: Bytes::from(payload),
+                        payload,
                     }));
                 }
             }
@@ -173,6 +196,145 @@ impl<R: ReadAt + ?Sized> Scan<'_, R> {
             }
             None => false,
         }
+    }
+}
+
+/// The record at virtual position `pos`, if this journal wrote one there:
+/// its header and payload. Reads the payload only when the header is laid
+/// out as one and the record fits in what is left of the lap.
+fn genuine_at<R: ReadAt + ?Sized>(
+    src: &R,
+    sealer: &Sealer,
+    ring: u64,
+    pos: u64,
+) -> io::Result<Option<(RecordHeader, Bytes)>> {
+    let off = pos % ring;
+    let room = ring - off;
+    if room < RECORD_HEADER as u64 {
+        return Ok(None);
+    }
+    let mut raw = [0u8; RECORD_HEADER];
+    src.read_exact_at(&mut raw, FILE_HEADER + off)?;
+    let Some(h) = Sealer::parse(&raw) else {
+        return Ok(None);
+    };
+    verify_at(src, sealer, ring, pos, &raw, h)
+}
+
+/// [`genuine_at`] once the header is read and parsed.
+fn verify_at<R: ReadAt + ?Sized>(
+    src: &R,
+    sealer: &Sealer,
+    ring: u64,
+    pos: u64,
+    raw: &[u8; RECORD_HEADER],
+    h: RecordHeader,
+) -> io::Result<Option<(RecordHeader, Bytes)>> {
+    let off = pos % ring;
+    let len = u64::from(h.len);
+    if aligned(RECORD_HEADER as u64 + len) > ring - off {
+        return Ok(None);
+    }
+    let mut payload = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    src.read_exact_at(&mut payload, FILE_HEADER + off + RECORD_HEADER as u64)?;
+    if !sealer.verify(pos, raw, &payload) {
+        return Ok(None);
+    }
+    Ok(Some((h, Bytes::from(payload))))
+}
+
+/// Bytes read at a time by [`later`].
+const SEARCH_CHUNK: usize = 1 << 20;
+
+/// Every genuine record newer than `after` that starts in `[from, until)`,
+/// in order: what lies beyond a break in the chain. Looks at every aligned
+/// position, a chunk of the ring at a time; a MAC is computed only where a
+/// header could be. Wrap markers count (they are this lap's too) but are
+/// not returned as records.
+fn later<R: ReadAt + ?Sized>(
+    src: &R,
+    sealer: &Sealer,
+    ring: u64,
+    from: u64,
+    until: u64,
+    after: u64,
+) -> io::Result<Later> {
+    let mut out = Later::default();
+    let mut buf = vec![0u8; SEARCH_CHUNK];
+    let mut pos = aligned(from);
+    while pos < until {
+        let off = pos % ring;
+        let n = (ring - off).min(until - pos).min(SEARCH_CHUNK as u64);
+        let chunk = buf
+            .get_mut(..usize::try_from(n).unwrap_or(0))
+            .unwrap_or_default();
+        src.read_exact_at(chunk, FILE_HEADER + off)?;
+        let mut at = 0u64;
+        let mut next = pos + n;
+        while at < n {
+            let q = pos + at;
+            let raw = usize::try_from(at)
+                .ok()
+                .and_then(|a| chunk.get(a..a.checked_add(RECORD_HEADER)?))
+                .and_then(|r| <&[u8; RECORD_HEADER]>::try_from(r).ok());
+            let Some(raw) = raw else {
+                // A header cut by the chunk's end: read it where it lies.
+                next = q;
+                break;
+            };
+            if let Some(h) = Sealer::parse(raw)
+                .filter(|h| h.seq > after)
+                .map(|h| verify_at(src, sealer, ring, q, raw, h))
+                .transpose()?
+                .flatten()
+            {
+                let (h, payload) = h;
+                out.first.get_or_insert(h.seq);
+                out.last = h.seq;
+                match h.kind {
+                    Kind::Wrap => {
+                        next = q + (ring - q % ring);
+                    }
+                    Kind::Batch => {
+                        out.records.push(Record {
+                            seq: h.seq,
+                            end: q + aligned(RECORD_HEADER as u64 + u64::from(h.len)),
+                            payload,
+                        });
+                        next = q + aligned(RECORD_HEADER as u64 + u64::from(h.len));
+                    }
+                }
+                break;
+            }
+            at += ALIGN;
+        }
+        if next <= pos {
+            // The header straddled the chunk at its very start: cannot
+            // happen (a chunk is at least one header long), but never spin.
+            next = pos + ALIGN;
+        }
+        pos = next;
+        if pos % ring != 0 && ring - pos % ring < RECORD_HEADER as u64 {
+            pos += ring - pos % ring;
+        }
+    }
+    Ok(out)
+}
+
+/// What [`Journal::later`] found beyond a break in the chain.
+#[derive(Debug, Default)]
+pub(crate) struct Later {
+    /// The batch records, in order.
+    pub records: Vec<Record>,
+    /// The lowest and highest sequence numbers seen (wrap markers
+    /// included); `first` is `None` when nothing was found.
+    pub first: Option<u64>,
+    pub last: u64,
+}
+
+impl Later {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.is_none()
     }
 }
 
@@ -213,6 +375,7 @@ pub fn image(ring: u64, key: [u8; KEY_LEN], records: &[(u64, &[u8])]) -> Option<
         return None;
     }
     let header = FileHeader {
+        version: VERSION,
         ring,
         id: [0; ID_LEN],
         key,
@@ -236,6 +399,12 @@ pub fn image(ring: u64, key: [u8; KEY_LEN], records: &[(u64, &[u8])]) -> Option<
         }
     }
     Some(out)
+}
+
+/// The largest payload a record may have in a ring of `ring` bytes: a few
+/// must fit in the ring at once, and a record must fit in one lap.
+fn max_payload(ring: u64) -> usize {
+    usize::try_from(ring / 8).unwrap_or(usize::MAX) - RECORD_HEADER
 }
 
 /// Ring bytes a record of `len` bytes (header included) needs at `head`:
@@ -268,9 +437,8 @@ fn frame<'b>(
                 seq,
                 len: 0,
                 kind: Kind::Wrap,
-                crc: 0,
             };
-            let raw = sealer.seal(*head, &wrap);
+            let raw = sealer.seal(*head, &wrap, &[]);
             out.push((*head % ring, Cow::Owned(raw.to_vec())));
         }
         *head += slack;
@@ -280,9 +448,8 @@ fn frame<'b>(
         seq,
         len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
         kind: Kind::Batch,
-        crc: crc32fast::hash(payload),
     };
-    let raw = sealer.seal(*head, &h);
+    let raw = sealer.seal(*head, &h, payload);
     if let Some(dst) = buf.get_mut(..RECORD_HEADER) {
         dst.copy_from_slice(&raw);
     }
@@ -295,6 +462,9 @@ fn frame<'b>(
 pub(crate) struct Journal {
     file: File,
     path: PathBuf,
+    /// The format of the file: [`record::VERSION`] for every journal this
+    /// build creates; an older one is only ever inspected.
+    version: u32,
     ring: u64,
     id: [u8; ID_LEN],
     sealer: Sealer,
@@ -330,7 +500,12 @@ impl Journal {
         let mut key = [0u8; KEY_LEN];
         aws_lc_rs::rand::fill(&mut id).map_err(|_| io(io::Error::other("no randomness")))?;
         aws_lc_rs::rand::fill(&mut key).map_err(|_| io(io::Error::other("no randomness")))?;
-        let header = FileHeader { ring, id, key };
+        let header = FileHeader {
+            version: VERSION,
+            ring,
+            id,
+            key,
+        };
         let tmp = path.with_extension("journal.tmp");
         let file = OpenOptions::new()
             .read(true)
@@ -363,6 +538,7 @@ impl Journal {
         Ok(Journal {
             file,
             path: path.to_owned(),
+            version: VERSION,
             ring,
             id,
             sealer: Sealer::new(&key),
@@ -400,6 +576,7 @@ impl Journal {
         Ok(Some(Journal {
             file,
             path: path.to_owned(),
+            version: h.version,
             ring: h.ring,
             id: h.id,
             sealer: Sealer::new(&h.key),
@@ -414,6 +591,17 @@ impl Journal {
 
     pub(crate) fn ring(&self) -> u64 {
         self.ring
+    }
+
+    /// The file's format version.
+    pub(crate) fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Every genuine record newer than `after` that starts in
+    /// `[from, until)`: see the module doc.
+    pub(crate) fn later(&self, from: u64, until: u64, after: u64) -> io::Result<Later> {
+        later(&self.file, &self.sealer, self.ring, from, until, after)
     }
 
     /// The records from `from` on that are newer than `after`.
@@ -454,7 +642,7 @@ impl Journal {
     /// The largest payload a record may have: a few must fit in the ring at
     /// once, and a record must fit in one lap.
     pub(crate) fn max_payload(&self) -> usize {
-        usize::try_from(self.ring / 8).unwrap_or(usize::MAX) - RECORD_HEADER
+        max_payload(self.ring)
     }
 
     /// Writes the record being built as number `seq` (not yet synced). The

@@ -6,9 +6,10 @@
 //!   magic "CHAPPEJ1" | version u32 | zero u32 | ring size u64 | journal id [16]
 //!   | MAC key [32] | crc32 of the preceding 72 bytes u32 | zeros
 //!
-//! record header (RECORD_HEADER bytes, at an 8-aligned ring position):
-//!   seq u64 | payload length u32 | kind u8 | zero [3] | crc32(payload) u32
-//!   | MAC [12] = HMAC-SHA256(key, position u64 ‖ the 20 bytes before)[..12]
+//! record header (RECORD_HEADER bytes, at an 8-aligned ring position),
+//! followed by the payload:
+//!   seq u64 | payload length u32 | kind u8 | zero [3]
+//!   | MAC [16] = HMAC-SHA256(key, position u64 ‖ the 16 bytes before ‖ payload)[..16]
 //! ```
 //!
 //! Why a MAC and not only a checksum: the journal holds ciphertext that
@@ -20,7 +21,12 @@
 //! the record's position too, so a genuine record is valid only where it
 //! was written, and its sequence number, so an older lap's genuine records
 //! are told apart from the current one's (recovery wants increasing
-//! numbers). The payload is covered through its CRC, which the MAC binds.
+//! numbers). The MAC covers the payload itself: format version 1 bound only a
+//! CRC of it, and a CRC is not a commitment (bytes with the same CRC are
+//! easy to make), so the payload of a genuine header could have been
+//! replaced without the MAC noticing. Version 2 (this one) has no CRC; a
+//! version 1 journal is only accepted if it holds nothing to replay (see
+//! `crate::store`).
 
 use aws_lc_rs::hmac;
 
@@ -32,9 +38,14 @@ pub(crate) const RECORD_HEADER: usize = 32;
 pub(crate) const ALIGN: u64 = 8;
 
 const MAGIC: [u8; 8] = *b"CHAPPEJ1";
-const VERSION: u32 = 1;
+/// The format this build writes and replays.
+pub(crate) const VERSION: u32 = 2;
+/// The format with a header-only MAC and a CRC of the payload: recognised
+/// so that an upgrade can say what to do with it, never replayed.
+pub(crate) const VERSION_1: u32 = 1;
 const FILE_HEADER_USED: usize = 76;
-const MAC_LEN: usize = 12;
+const MAC_LEN: usize = 16;
+const BODY_LEN: usize = RECORD_HEADER - MAC_LEN;
 /// Bytes of the journal's MAC key.
 pub const KEY_LEN: usize = 32;
 pub(crate) const ID_LEN: usize = 16;
@@ -52,6 +63,8 @@ pub(crate) enum Kind {
 /// What the file header holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct FileHeader {
+    /// [`VERSION`] or [`VERSION_1`].
+    pub version: u32,
     pub ring: u64,
     pub id: [u8; ID_LEN],
     pub key: [u8; KEY_LEN],
@@ -62,7 +75,7 @@ pub(crate) struct FileHeader {
 pub enum HeaderError {
     #[error("not a Chappe journal (bad magic)")]
     Magic,
-    #[error("journal format version {0}, this build reads version 1")]
+    #[error("journal format version {0}, this build reads version 2")]
     Version(u32),
     #[error("journal header checksum does not match")]
     Checksum,
@@ -85,7 +98,7 @@ impl FileHeader {
         let mut out = [0u8; FILE_HEADER_USED];
         let body = [
             &MAGIC[..],
-            &VERSION.to_be_bytes(),
+            &self.version.to_be_bytes(),
             &[0; 4],
             &self.ring.to_be_bytes(),
             &self.id,
@@ -110,7 +123,7 @@ impl FileHeader {
         }
         let (version, f) = f.split_first_chunk::<4>().ok_or(HeaderError::Short)?;
         let version = u32::from_be_bytes(*version);
-        if version != VERSION {
+        if version != VERSION && version != VERSION_1 {
             return Err(HeaderError::Version(version));
         }
         if crc32fast::hash(body).to_be_bytes() != *crc {
@@ -125,6 +138,7 @@ impl FileHeader {
         let (id, f) = f.split_first_chunk::<ID_LEN>().ok_or(HeaderError::Short)?;
         let key = f.first_chunk::<KEY_LEN>().ok_or(HeaderError::Short)?;
         Ok(FileHeader {
+            version,
             ring,
             id: *id,
             key: *key,
@@ -132,16 +146,15 @@ impl FileHeader {
     }
 }
 
-/// A record header as read back, before its payload was checked.
+/// A record header as read back, before its MAC was checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct RecordHeader {
     pub seq: u64,
     pub len: u32,
     pub kind: Kind,
-    pub crc: u32,
 }
 
-/// Signs and checks record headers with the journal's key.
+/// Signs and checks records with the journal's key.
 #[derive(Clone)]
 pub(crate) struct Sealer {
     key: hmac::Key,
@@ -154,10 +167,11 @@ impl Sealer {
         }
     }
 
-    fn mac(&self, pos: u64, body: &[u8; RECORD_HEADER - MAC_LEN]) -> [u8; MAC_LEN] {
+    fn mac(&self, pos: u64, body: &[u8; BODY_LEN], payload: &[u8]) -> [u8; MAC_LEN] {
         let mut ctx = hmac::Context::with_key(&self.key);
         ctx.update(&pos.to_be_bytes());
         ctx.update(body);
+        ctx.update(payload);
         let tag = ctx.sign();
         tag.as_ref()
             .first_chunk::<MAC_LEN>()
@@ -165,9 +179,9 @@ impl Sealer {
             .unwrap_or_default()
     }
 
-    /// The header of a record at ring position `pos`.
-    pub(crate) fn seal(&self, pos: u64, h: &RecordHeader) -> [u8; RECORD_HEADER] {
-        let mut body = [0u8; RECORD_HEADER - MAC_LEN];
+    /// The header of a record at ring position `pos` holding `payload`.
+    pub(crate) fn seal(&self, pos: u64, h: &RecordHeader, payload: &[u8]) -> [u8; RECORD_HEADER] {
+        let mut body = [0u8; BODY_LEN];
         let (seq, rest) = body.split_at_mut(8);
         seq.copy_from_slice(&h.seq.to_be_bytes());
         let (len, rest) = rest.split_at_mut(4);
@@ -175,27 +189,20 @@ impl Sealer {
         if let Some(kind) = rest.first_mut() {
             *kind = h.kind as u8;
         }
-        if let Some(crc) = rest.get_mut(4..8) {
-            crc.copy_from_slice(&h.crc.to_be_bytes());
-        }
-        let mac = self.mac(pos, &body);
+        let mac = self.mac(pos, &body, payload);
         let mut out = [0u8; RECORD_HEADER];
-        let (b, m) = out.split_at_mut(RECORD_HEADER - MAC_LEN);
+        let (b, m) = out.split_at_mut(BODY_LEN);
         b.copy_from_slice(&body);
         m.copy_from_slice(&mac);
         out
     }
 
-    /// The header found at ring position `pos`, if it is one this journal
-    /// wrote there; `None` for anything else (zeros, a torn write, an older
-    /// lap's bytes, forged bytes).
-    pub(crate) fn open(&self, pos: u64, raw: &[u8; RECORD_HEADER]) -> Option<RecordHeader> {
-        let (body, mac) = raw.split_first_chunk::<{ RECORD_HEADER - MAC_LEN }>()?;
-        let want = self.mac(pos, body);
-        // Constant time: the MAC is what keeps chosen bytes from parsing.
-        if aws_lc_rs::constant_time::verify_slices_are_equal(&want, mac).is_err() {
-            return None;
-        }
+    /// What a header says, if it is laid out as one (zeros where zeros
+    /// belong, a known kind). Cheap, so that a search through the ring
+    /// only reads the payload and computes a MAC where a record could be;
+    /// says nothing about whether this journal wrote it ([`Sealer::verify`]).
+    pub(crate) fn parse(raw: &[u8; RECORD_HEADER]) -> Option<RecordHeader> {
+        let (body, _) = raw.split_first_chunk::<BODY_LEN>()?;
         let [
             s0,
             s1,
@@ -213,10 +220,6 @@ impl Sealer {
             z0,
             z1,
             z2,
-            c0,
-            c1,
-            c2,
-            c3,
         ] = *body;
         if (z0, z1, z2) != (0, 0, 0) {
             return None;
@@ -226,12 +229,27 @@ impl Sealer {
             2 => Kind::Wrap,
             _ => return None,
         };
+        let len = u32::from_be_bytes([l0, l1, l2, l3]);
+        if kind == Kind::Wrap && len != 0 {
+            return None;
+        }
         Some(RecordHeader {
             seq: u64::from_be_bytes([s0, s1, s2, s3, s4, s5, s6, s7]),
-            len: u32::from_be_bytes([l0, l1, l2, l3]),
+            len,
             kind,
-            crc: u32::from_be_bytes([c0, c1, c2, c3]),
         })
+    }
+
+    /// Whether the record at ring position `pos` with this header and
+    /// `payload` is one this journal wrote there: anything else (zeros, a
+    /// torn write, an older lap's bytes, forged or damaged bytes) fails.
+    pub(crate) fn verify(&self, pos: u64, raw: &[u8; RECORD_HEADER], payload: &[u8]) -> bool {
+        let Some((body, mac)) = raw.split_first_chunk::<BODY_LEN>() else {
+            return false;
+        };
+        let want = self.mac(pos, body, payload);
+        // Constant time: the MAC is what keeps chosen bytes from parsing.
+        aws_lc_rs::constant_time::verify_slices_are_equal(&want, mac).is_ok()
     }
 }
 
@@ -246,6 +264,7 @@ mod tests {
 
     fn header() -> FileHeader {
         FileHeader {
+            version: VERSION,
             ring: 4 << 20,
             id: [7; ID_LEN],
             key: [9; KEY_LEN],
@@ -271,37 +290,57 @@ mod tests {
             FileHeader::decode(&odd.encode()),
             Err(HeaderError::RingSize((4 << 20) + 8))
         );
+        let old = FileHeader {
+            version: VERSION_1,
+            ..header()
+        };
+        assert_eq!(FileHeader::decode(&old.encode()), Ok(old));
+        let future = FileHeader {
+            version: 3,
+            ..header()
+        };
+        assert_eq!(
+            FileHeader::decode(&future.encode()),
+            Err(HeaderError::Version(3))
+        );
     }
 
     #[test]
-    fn record_header_is_bound_to_key_position_and_bytes() {
+    fn a_record_is_bound_to_key_position_header_and_payload() {
         let s = Sealer::new(&[1; KEY_LEN]);
+        let payload = b"the batch".to_vec();
         let h = RecordHeader {
             seq: 42,
-            len: 1000,
+            len: payload.len() as u32,
             kind: Kind::Batch,
-            crc: 0xdead_beef,
         };
-        let raw = s.seal(4096, &h);
-        assert_eq!(s.open(4096, &raw), Some(h));
-        assert_eq!(s.open(4104, &raw), None, "moved");
-        assert_eq!(
-            Sealer::new(&[2; KEY_LEN]).open(4096, &raw),
-            None,
+        let raw = s.seal(4096, &h, &payload);
+        assert_eq!(Sealer::parse(&raw), Some(h));
+        assert!(s.verify(4096, &raw, &payload));
+        assert!(!s.verify(4104, &raw, &payload), "moved");
+        assert!(
+            !Sealer::new(&[2; KEY_LEN]).verify(4096, &raw, &payload),
             "other key"
         );
         for i in 0..RECORD_HEADER {
             let mut d = raw;
             d[i] ^= 0x80;
-            assert_eq!(s.open(4096, &d), None, "byte {i}");
+            assert!(!s.verify(4096, &d, &payload), "header byte {i}");
         }
-        assert_eq!(s.open(0, &[0; RECORD_HEADER]), None, "zeros");
+        for i in 0..payload.len() {
+            let mut p = payload.clone();
+            p[i] ^= 0x01;
+            assert!(!s.verify(4096, &raw, &p), "payload byte {i}");
+        }
+        assert_eq!(Sealer::parse(&[0; RECORD_HEADER]), None, "zeros");
         let wrap = RecordHeader {
             kind: Kind::Wrap,
             len: 0,
             ..h
         };
-        assert_eq!(s.open(8, &s.seal(8, &wrap)), Some(wrap));
+        let raw = s.seal(8, &wrap, &[]);
+        assert_eq!(Sealer::parse(&raw), Some(wrap));
+        assert!(s.verify(8, &raw, &[]));
     }
 
     #[test]
