@@ -13,6 +13,7 @@ use crate::{MailboxInfo, Store, StoreConfig};
 mod durability;
 mod enqueue;
 mod expiry;
+mod damage;
 mod journal;
 mod mailbox;
 mod prop;
