@@ -1,6 +1,8 @@
 //! `chappe-relay`: the Chappe relay daemon.
 //!
 //! - [`config`]: the TOML file, defaults, validation.
+//! - [`admin`]: the local socket `backup` and `stats` ask the running relay
+//!   through; [`restore`] puts a backup in place of a stopped relay's store.
 //! - [`keys`]: the relay's Noise and TLS keys in the state directory, and
 //!   their rotation.
 //! - [`hardening`]: no core dumps, non-dumpable, before any key is read;
@@ -15,6 +17,7 @@
 //! - [`shutdown`]: the SIGTERM signal every task listens to.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod config;
 mod endpoint;
 mod hardening;
@@ -24,6 +27,7 @@ mod logging;
 mod metrics;
 mod relay;
 mod reload;
+mod restore;
 mod router;
 mod service;
 mod session;
@@ -95,6 +99,19 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Write a consistent copy of the store, as of one instant, to DEST
+    /// while the relay serves (through its admin socket). Relay keys are
+    /// not included: back them up on their own (OPERATOR.md §12).
+    Backup {
+        /// A file that does not exist yet.
+        dest: PathBuf,
+    },
+    /// Replace the store of a stopped relay with a backup, after checking
+    /// it; the replaced store and journal are kept in the state directory.
+    Restore { src: PathBuf },
+    /// Mailboxes, envelopes, bytes, oldest expiry and journal use: from
+    /// the running relay, or read from the store when it is stopped.
+    Stats,
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -214,6 +231,41 @@ fn run_command(mut cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Backup { dest } => {
+            let Some(sock) = admin::connect(&cfg.state_dir)? else {
+                anyhow::bail!(
+                    "no relay is running on {} (no admin socket): `backup` asks the running \
+                     relay for its copy. Start it, or, while it stays stopped, copy store.redb \
+                     and store.journal together",
+                    cfg.state_dir.display()
+                );
+            };
+            let len = admin::fetch_backup(sock, &dest)?;
+            eprintln!("wrote {} ({len} bytes)", dest.display());
+            Ok(())
+        }
+        Command::Restore { src } => restore::run(&cfg, &src),
+        Command::Stats => match admin::connect(&cfg.state_dir)? {
+            Some(sock) => {
+                admin::fetch_stats(sock)?.print("the running relay");
+                Ok(())
+            }
+            None => {
+                let s = cfg.store_config();
+                let st = chappe_store::backup::offline_stats(&s.path, &s.journal_path())
+                    .with_context(|| format!("reading the stopped store {}", s.path.display()))?;
+                admin::Stats {
+                    mailboxes: st.totals.mailboxes,
+                    envelopes: st.totals.envelopes,
+                    bytes: st.totals.bytes,
+                    oldest_expiry_hour: st.oldest_expiry_hour,
+                    journal_bytes: st.journal_bytes,
+                    journal_capacity: st.journal_capacity,
+                }
+                .print("the stopped store (journal records are counted once replayed)");
+                Ok(())
+            }
+        },
         Command::Serve => {
             if cfg.source.is_some() {
                 hardening::refuse_root(cli.allow_root)?;
@@ -304,6 +356,13 @@ async fn run(
         .context("the store-opening thread failed")?
         .context("opening the store")?;
     extend.abort();
+    let admin = admin::bind(&cfg.state_dir)?;
+    tokio::spawn(admin::serve(
+        admin,
+        store.clone(),
+        cfg.state_dir.clone(),
+        shutdown.clone(),
+    ));
     let relay = relay::Relay::new(
         store.clone(),
         ring,

@@ -220,6 +220,22 @@ impl Relay {
             .unwrap()
     }
 
+    /// `chappe-relay ARGS` on this relay's state directory and config (an
+    /// admin command, not the daemon), to run from any thread.
+    pub fn admin_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(relay_bin());
+        c.arg("--state-dir")
+            .arg(&self.state)
+            .args(&self.extra)
+            .args(args);
+        c
+    }
+
+    /// Runs [`Relay::admin_cmd`].
+    pub fn admin(&self, args: &[&str]) -> Output {
+        self.admin_cmd(args).output().expect("running chappe-relay")
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
