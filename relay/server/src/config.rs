@@ -107,6 +107,13 @@ struct LimitsFile {
     max_inflight_sends: Option<u32>,
     delivery_window: Option<u32>,
     shutdown_grace_secs: Option<u64>,
+    max_connections_per_source: Option<u32>,
+    handshakes_per_source_per_sec: Option<u32>,
+    retry_above_handshakes_per_sec: Option<u32>,
+    sender_idle_secs: Option<u64>,
+    sends_per_send_id_per_sec: Option<u32>,
+    max_sessions_per_owner: Option<u32>,
+    max_inflight_send_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,6 +163,25 @@ pub struct Limits {
     pub delivery_window: u32,
     /// How long SIGTERM waits for in-flight work before closing connections.
     pub shutdown_grace: Duration,
+    /// Connections one source address may hold at once (handshakes
+    /// included), so one host cannot take every slot.
+    pub max_connections_per_source: u32,
+    /// New connections one source address may start per second (a token
+    /// bucket holding one second's worth).
+    pub handshakes_per_source_per_sec: u32,
+    /// Above this many incoming connections per second, relay-wide, new
+    /// connections must prove their address with a QUIC Retry first.
+    pub retry_above_handshakes_per_sec: u32,
+    /// A sender session that sends nothing for this long is closed, even
+    /// while its client keeps the connection alive.
+    pub sender_idle: Duration,
+    /// Sends per second one send id takes (a token bucket holding two
+    /// seconds' worth); more are refused `rate_limited`.
+    pub sends_per_send_id_per_sec: u32,
+    /// Owner sessions one owner key may hold at once.
+    pub max_sessions_per_owner: u32,
+    /// Ciphertext bytes, relay-wide, of sends read and not yet answered.
+    pub max_inflight_send_bytes: u64,
 }
 
 impl Config {
@@ -271,15 +297,23 @@ impl Config {
                     24 * 365,
                 )?) * 3600,
             ),
-            min_free_disk_bytes: l.min_free_disk_bytes.unwrap_or(512 << 20),
+            // 0 used to switch the watermark off silently: a full disk then
+            // fails writes (and the store stops taking any) instead of
+            // refusing sends `relay_full` while there is room to recover.
+            min_free_disk_bytes: positive(
+                "limits.min_free_disk_bytes",
+                l.min_free_disk_bytes,
+                512 << 20,
+            )
+            .map_err(|_| {
+                invalid(
+                    "limits.min_free_disk_bytes",
+                    "is 0, which would switch off the free-disk watermark",
+                    "give the free space to keep, in bytes (the default is 536870912, 512 MiB)",
+                )
+            })?,
             max_store_bytes: l.max_store_bytes.unwrap_or(0),
-            idle_timeout: Duration::from_secs(range(
-                "limits.idle_timeout_secs",
-                l.idle_timeout_secs,
-                60,
-                5,
-                3600,
-            )?),
+            idle_timeout: Duration::from_secs(idle_timeout(l.idle_timeout_secs)?),
             handshake_timeout: Duration::from_secs(range(
                 "limits.handshake_timeout_secs",
                 l.handshake_timeout_secs,
@@ -302,7 +336,78 @@ impl Config {
                 0,
                 600,
             )?),
+            // A NAT gateway may put a whole office behind one address: a
+            // tenth of the default `max_connections`, so ten hosts are
+            // needed to fill the slots.
+            max_connections_per_source: positive(
+                "limits.max_connections_per_source",
+                l.max_connections_per_source,
+                2_000,
+            )?,
+            // A fifth of what the relay completes on 2 cores
+            // (BENCHMARKS.md, sessions: 1,081/s).
+            handshakes_per_source_per_sec: positive(
+                "limits.handshakes_per_source_per_sec",
+                l.handshakes_per_source_per_sec,
+                200,
+            )?,
+            // Half of the measured 1,081 sessions/s: above it the relay
+            // nears what its cores can handshake, and a flood of spoofed
+            // Initials must cost one stateless packet each.
+            retry_above_handshakes_per_sec: positive(
+                "limits.retry_above_handshakes_per_sec",
+                l.retry_above_handshakes_per_sec,
+                500,
+            )?,
+            sender_idle: Duration::from_secs(range(
+                "limits.sender_idle_secs",
+                l.sender_idle_secs,
+                30,
+                1,
+                3600,
+            )?),
+            // A conversation's mailbox: far above any human pace, and
+            // about 1 % of the relay's durable rate (84,532/s), so one
+            // mailbox cannot take the writer from the others.
+            sends_per_send_id_per_sec: positive(
+                "limits.sends_per_send_id_per_sec",
+                l.sends_per_send_id_per_sec,
+                1_000,
+            )?,
+            max_sessions_per_owner: positive(
+                "limits.max_sessions_per_owner",
+                l.max_sessions_per_owner,
+                32,
+            )?,
+            // 16 times the most the benchmarks keep in flight (32 × 64 KiB,
+            // or 128 × 1 KiB), and the size of the journal ring.
+            max_inflight_send_bytes: range(
+                "limits.max_inflight_send_bytes",
+                l.max_inflight_send_bytes,
+                64 << 20,
+                u64::try_from(chappe_proto::frame::MAX_FRAME_LEN).unwrap_or(1 << 17),
+                // A semaphore of bytes: tokio's limit, with room.
+                1 << 40,
+            )?,
         };
+        let mut warnings: Vec<String> = file
+            .store
+            .quick_repair
+            .map(|_| {
+                "config key `store.quick_repair` no longer has an effect: every store \
+                 checkpoint now uses quick-repair, so a restart after a crash never scans the \
+                 whole file; remove the key"
+                    .to_string()
+            })
+            .into_iter()
+            .collect();
+        if let Some(m) = metrics_listen.filter(|m: &SocketAddr| !m.ip().is_loopback()) {
+            warnings.push(format!(
+                "config key `metrics.listen` is {m}, off loopback: /metrics, /healthz and \
+                 /readyz have no authentication, and anyone who reaches that address reads the \
+                 relay's traffic figures; keep it on 127.0.0.1 or firewall it to the monitoring host"
+            ));
+        }
         let log_level = file.log.level.unwrap_or_else(|| "info".to_string());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             return Err(invalid(
@@ -328,17 +433,7 @@ impl Config {
                 0,
                 365 * 86_400,
             )?),
-            warnings: file
-                .store
-                .quick_repair
-                .map(|_| {
-                    "config key `store.quick_repair` no longer has an effect: every store \
-                     checkpoint now uses quick-repair, so a restart after a crash never scans the \
-                     whole file; remove the key"
-                        .to_string()
-                })
-                .into_iter()
-                .collect(),
+            warnings,
         })
     }
 
@@ -360,6 +455,9 @@ impl Config {
         if self.cache_mib != new.cache_mib {
             keys.push("store.cache_mib");
         }
+        if self.limits.max_inflight_send_bytes != new.limits.max_inflight_send_bytes {
+            keys.push("limits.max_inflight_send_bytes");
+        }
         keys
     }
 
@@ -379,6 +477,30 @@ impl Config {
             ..chappe_store::StoreConfig::new(self.state_dir.join(STORE_FILE))
         }
     }
+}
+
+/// The client's keep-alive interval
+/// (`chappe_client::transport::KEEP_ALIVE`); an idle timeout must leave
+/// room for it.
+pub const CLIENT_KEEP_ALIVE_SECS: u64 = 15;
+
+/// `limits.idle_timeout_secs`: at least two keep-alive intervals, so one
+/// lost keep-alive packet does not end an owner session that is only
+/// waiting for mail.
+fn idle_timeout(v: Option<u64>) -> Result<u64, ConfigError> {
+    let v = v.unwrap_or(60);
+    if !(2 * CLIENT_KEEP_ALIVE_SECS..=3600).contains(&v) {
+        return Err(invalid(
+            "limits.idle_timeout_secs",
+            format!(
+                "is {v}, outside {}..=3600: clients send a keep-alive every {CLIENT_KEEP_ALIVE_SECS} s, \
+                 and a timeout below two of them closes idle owner sessions",
+                2 * CLIENT_KEEP_ALIVE_SECS
+            ),
+            "give at least 30 (the default is 60)",
+        ));
+    }
+    Ok(v)
 }
 
 /// The store's file name inside the state directory.
@@ -470,6 +592,59 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("log.level"), "{e}");
+    }
+
+    /// Settings that would switch a protection off are refused with the key
+    /// named; a metrics listener off loopback loads with a warning.
+    #[test]
+    fn config_that_defeats_itself_is_refused() {
+        let refused = |text: &str, key: &str| {
+            let e = Config::from_toml(text, None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("`{key}`")), "{text}: {e}");
+        };
+        refused(
+            "[limits]\nidle_timeout_secs = 15",
+            "limits.idle_timeout_secs",
+        );
+        refused(
+            "[limits]\nidle_timeout_secs = 29",
+            "limits.idle_timeout_secs",
+        );
+        refused(
+            "[limits]\nmin_free_disk_bytes = 0",
+            "limits.min_free_disk_bytes",
+        );
+        for key in [
+            "max_connections_per_source",
+            "handshakes_per_source_per_sec",
+            "retry_above_handshakes_per_sec",
+            "sender_idle_secs",
+            "sends_per_send_id_per_sec",
+            "max_sessions_per_owner",
+            "max_inflight_send_bytes",
+        ] {
+            refused(&format!("[limits]\n{key} = 0"), &format!("limits.{key}"));
+        }
+        let ok = Config::from_toml(
+            "[limits]\nidle_timeout_secs = 30",
+            None,
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(ok.warnings.is_empty(), "{:?}", ok.warnings);
+        let open = Config::from_toml(
+            "[metrics]\nlisten = \"0.0.0.0:9464\"",
+            None,
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(
+            open.warnings.iter().any(|w| w.contains("`metrics.listen`")),
+            "{:?}",
+            open.warnings
+        );
     }
 
     /// The full example in the operator guide (section 4.2) loads, and its

@@ -3,10 +3,22 @@
 //! No 0-RTT (replayable), no session tickets and no NEW_TOKEN frames (each
 //! would let the relay link an anonymous sender's connections to one another
 //! or to its owner session).
+//!
+//! Memory a peer can make the relay hold is sized here: no DATAGRAM frames
+//! (the protocol has none, and quinn would buffer 1.25 MB of them per
+//! connection for a reader that never comes), and receive windows sized
+//! for the largest frame rather than quinn's bulk-transfer defaults.
+//!
+//! Admission, before any per-connection state: QUIC Retry while the
+//! relay-wide handshake rate is high, a handshake rate and a connection
+//! count per source address, and `max_connections`. Refusals are counted
+//! and summed up in one log line every few seconds, never logged one by
+//! one (a flood would become a log flood).
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use quinn::crypto::rustls::QuicServerConfig;
@@ -16,6 +28,7 @@ use tokio::sync::Notify;
 
 use crate::config::Limits;
 use crate::keys::KeyRing;
+use crate::limits::{Buckets, Counts, Held, REFUSAL_LOG_EVERY, Refusals, RetrySwitch, Turned};
 use crate::relay::{Live, Relay};
 use crate::service::ProbeRequests;
 use crate::session;
@@ -56,6 +69,11 @@ pub fn server_config(
     transport
         .max_concurrent_bidi_streams(1u8.into())
         .max_concurrent_uni_streams(0u8.into())
+        .datagram_receive_buffer_size(None)
+        .datagram_send_buffer_size(0)
+        .stream_receive_window(RECEIVE_WINDOW.into())
+        .receive_window(RECEIVE_WINDOW.into())
+        .send_window(SEND_WINDOW)
         .max_idle_timeout(Some(
             limits
                 .idle_timeout
@@ -91,25 +109,52 @@ pub fn bind(
 /// RFC 9000.
 const QUIC_V1: u32 = 1;
 
-/// Connections being served, against `limits.max_connections` as it is
-/// at each accept (a reload may raise or lower it).
+/// What a peer may send ahead of the relay's reading, per stream and per
+/// connection (the one stream): four of the largest frame (64 KiB
+/// envelope plus header), so a sender pipelines full-size envelopes
+/// without waiting a round trip for each, while 20,000 connections that
+/// stop being read hold at most 5 GiB between them, not quinn's
+/// 1.25 MB per stream and unbounded per connection.
+const RECEIVE_WINDOW: u32 = 4 * chappe_proto::frame::MAX_FRAME_LEN as u32;
+/// What the relay keeps sent and unacknowledged towards one peer: eight
+/// frames, enough for an owner's catch-up to stream at full speed, against
+/// quinn's default of 10 MB per connection.
+const SEND_WINDOW: u64 = 8 * chappe_proto::frame::MAX_FRAME_LEN as u64;
+/// Source addresses whose handshake rate is tracked at once (about 5 MiB).
+const SOURCE_KEYS: usize = 65_536;
+
+/// Connections being served, against `limits.max_connections` and
+/// `limits.max_connections_per_source` as they are at each accept (a
+/// reload may raise or lower them).
 #[derive(Default)]
 pub struct Slots {
     taken: AtomicU32,
     freed: Notify,
+    by_source: Arc<Counts<IpAddr>>,
 }
 
 /// One connection's place; given back when dropped.
-pub struct Slot(Arc<Slots>);
+pub struct Slot {
+    slots: Arc<Slots>,
+    _source: Held<IpAddr>,
+}
 
 impl Slots {
-    fn try_take(self: &Arc<Self>, max: u32) -> Option<Slot> {
+    /// A place for a connection from `source`, or the limit that refused.
+    fn try_take(self: &Arc<Self>, source: IpAddr, limits: &Limits) -> Result<Slot, &'static str> {
+        let held = self
+            .by_source
+            .try_hold(source, limits.max_connections_per_source)
+            .ok_or("max_connections_per_source")?;
         self.taken
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
+                (n < limits.max_connections).then_some(n + 1)
             })
-            .ok()
-            .map(|_| Slot(self.clone()))
+            .map_err(|_| "max_connections")?;
+        Ok(Slot {
+            slots: self.clone(),
+            _source: held,
+        })
     }
 
     async fn all_free(&self) {
@@ -125,16 +170,108 @@ impl Slots {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.taken.fetch_sub(1, Ordering::AcqRel);
-        self.0.freed.notify_waiters();
+        self.slots.taken.fetch_sub(1, Ordering::AcqRel);
+        self.slots.freed.notify_waiters();
     }
 }
+
+/// What the accept loop decides for one incoming connection.
+enum Admit {
+    Serve(Slot),
+    /// Ask it to prove its address first (stateless).
+    Retry,
+    /// Refused by the limit named (a config key under `[limits]`).
+    Refuse(&'static str),
+}
+
+/// The accept loop's admission state; see the module doc.
+struct Gate {
+    slots: Arc<Slots>,
+    handshakes: Buckets<IpAddr>,
+    retry: RetrySwitch,
+    refusals: Refusals,
+    summed_up: Instant,
+}
+
+impl Gate {
+    fn new(now: Instant) -> Self {
+        Gate {
+            slots: Arc::new(Slots::default()),
+            handshakes: Buckets::new(SOURCE_KEYS),
+            retry: RetrySwitch::new(now),
+            refusals: Refusals::default(),
+            summed_up: now,
+        }
+    }
+
+    fn admit(&mut self, relay: &Relay, incoming: &quinn::Incoming, now: Instant) -> Admit {
+        let limits = relay.limits();
+        let turned = self
+            .retry
+            .observe(now, limits.retry_above_handshakes_per_sec);
+        self.show(relay, turned, &limits);
+        // A validated address has answered a Retry: it is the sender's own.
+        if self.retry.is_on() && !incoming.remote_address_validated() {
+            return Admit::Retry;
+        }
+        // Only attempts that get a handshake are charged, so answering a
+        // Retry does not cost a client twice.
+        let source = incoming.remote_address().ip().to_canonical();
+        let rate = limits.handshakes_per_source_per_sec;
+        if !self.handshakes.take(source, now, rate, rate) {
+            return Admit::Refuse("handshakes_per_source_per_sec");
+        }
+        match self.slots.try_take(source, &limits) {
+            Ok(slot) => Admit::Serve(slot),
+            Err(reason) => Admit::Refuse(reason),
+        }
+    }
+
+    /// Called a few times a second: the Retry switch goes off after a
+    /// flood even when nothing arrives, and refusals are summed up.
+    fn tick(&mut self, relay: &Relay, now: Instant) {
+        let limits = relay.limits();
+        let turned = self.retry.tick(now, limits.retry_above_handshakes_per_sec);
+        self.show(relay, turned, &limits);
+        if now.saturating_duration_since(self.summed_up) >= REFUSAL_LOG_EVERY {
+            self.summed_up = now;
+            if let Some(s) = self.refusals.summary() {
+                tracing::warn!(
+                    "connections refused in the last {} s: {s} (chappe_connections_refused_total)",
+                    REFUSAL_LOG_EVERY.as_secs()
+                );
+            }
+        }
+    }
+
+    fn show(&self, relay: &Relay, turned: Turned, limits: &Limits) {
+        let per_sec = limits.retry_above_handshakes_per_sec;
+        match turned {
+            Turned::On => {
+                relay.metrics.quic_retry_active.set(1);
+                tracing::warn!(
+                    "more than {per_sec} connections a second (limits.retry_above_handshakes_per_sec): new connections must answer a QUIC Retry"
+                );
+            }
+            Turned::Off => {
+                relay.metrics.quic_retry_active.set(0);
+                tracing::info!("connection rate back below {per_sec}/s: QUIC Retry off");
+            }
+            Turned::Same => {}
+        }
+    }
+}
+
+/// How often the accept loop looks at its clocks with nothing arriving.
+const TICK: Duration = Duration::from_millis(250);
 
 /// Accepts connections until shutdown; returns once every session ended or
 /// the grace period ran out. Between connections it answers the
 /// watchdog's probes, which shows that it turns over.
 pub async fn serve(endpoint: quinn::Endpoint, relay: Arc<Relay>, mut probes: ProbeRequests) {
-    let slots = Arc::new(Slots::default());
+    let mut gate = Gate::new(Instant::now());
+    let mut ticks = tokio::time::interval(TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = relay.shutdown.clone();
     loop {
         let incoming = tokio::select! {
@@ -143,27 +280,43 @@ pub async fn serve(endpoint: quinn::Endpoint, relay: Arc<Relay>, mut probes: Pro
                 let _ = answer.send(());
                 continue;
             }
+            _ = ticks.tick() => {
+                gate.tick(&relay, Instant::now());
+                continue;
+            }
             _ = shutdown.wait() => break,
         };
         let Some(incoming) = incoming else { break };
-        let max = relay.limits().max_connections;
-        let Some(slot) = slots.try_take(max) else {
-            relay
-                .metrics
-                .connections_refused_total
-                .with_label_values(&["max_connections"])
-                .inc();
-            tracing::warn!("connection refused: limits.max_connections ({max}) reached");
-            incoming.refuse();
-            continue;
-        };
-        // The session future itself is the task: a wrapping `async move`
-        // block would keep its own copy of the 384-byte `Incoming` next to
-        // the one inside, for the whole life of every connection. Boxed, so
-        // the session future does not reserve it either. The accept itself
-        // starts in the task, so this loop only hands connections out.
-        tokio::spawn(session::run(relay.clone(), Box::new(incoming), slot));
+        match gate.admit(&relay, &incoming, Instant::now()) {
+            // The session future itself is the task: a wrapping `async
+            // move` block would keep its own copy of the 384-byte
+            // `Incoming` next to the one inside, for the whole life of
+            // every connection. Boxed, so the session future does not
+            // reserve it either. The accept itself starts in the task, so
+            // this loop only hands connections out.
+            Admit::Serve(slot) => {
+                tokio::spawn(session::run(relay.clone(), Box::new(incoming), slot));
+            }
+            Admit::Retry => {
+                relay.metrics.quic_retries_total.inc();
+                // Only refused for an address already validated, which
+                // `admit` never retries.
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().ignore();
+                }
+            }
+            Admit::Refuse(reason) => {
+                relay
+                    .metrics
+                    .connections_refused_total
+                    .with_label_values(&[reason])
+                    .inc();
+                gate.refusals.note(reason);
+                incoming.refuse();
+            }
+        }
     }
+    let slots = gate.slots;
     // Sessions see the same shutdown signal: they stop reading, answer what
     // is in flight, and close with `shutting down`.
     let _ = tokio::time::timeout(relay.limits().shutdown_grace, slots.all_free()).await;

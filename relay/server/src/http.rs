@@ -11,10 +11,17 @@
 //! says `opening store` (alive, so nothing restarts it in a loop),
 //! `/readyz` says not ready, and `/metrics` serves what exists already,
 //! with `chappe_ready 0`.
+//!
+//! It has no authentication and is meant for loopback, but a slow or
+//! hostile client must still not hold it: a request's header must arrive
+//! within [`HEADER_TIMEOUT`], a connection lasts at most
+//! [`CONNECTION_TIMEOUT`], and beyond [`MAX_CONNECTIONS`] open at once new
+//! ones are closed unanswered (`chappe_http_connections_refused_total`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -22,9 +29,10 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::relay::Relay;
 use crate::shutdown::Shutdown;
@@ -64,7 +72,18 @@ impl Status {
     }
 }
 
+/// How long a client may take to send a request's header (and, between
+/// requests on a kept-alive connection, the next one's).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection may stay open: many scrapes' worth, after which
+/// Prometheus simply connects again.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections open at once: a Prometheus or two, health probes, and a
+/// person with curl.
+const MAX_CONNECTIONS: usize = 64;
+
 pub async fn serve(listener: TcpListener, status: Arc<Status>, mut shutdown: Shutdown) {
+    let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -77,15 +96,25 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>, mut shutdown: Shu
                 continue;
             }
         };
+        let Ok(place) = open.clone().try_acquire_owned() else {
+            if let Some(relay) = status.relay.get() {
+                relay.metrics.http_connections_refused_total.inc();
+            }
+            drop(stream);
+            continue;
+        };
         let status = status.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let status = status.clone();
                 async move { Ok::<_, Infallible>(respond(&status, &req)) }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            drop(place);
         });
     }
 }

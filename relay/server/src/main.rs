@@ -8,6 +8,8 @@
 //! - [`hardening`]: no core dumps, non-dumpable, before any key is read;
 //!   who the process runs as.
 //! - [`endpoint`]: QUIC/TLS policy and the accept loop.
+//! - [`limits`]: admission limits (rates, per-key counts, QUIC Retry under a
+//!   handshake flood) as plain state machines.
 //! - [`session`]: per connection, the Noise handshake then an owner or
 //!   sender session (the protocol logic itself is `chappe-proto`).
 //! - [`router`]: live push from a sender's commit to the owner's session.
@@ -23,6 +25,7 @@ mod endpoint;
 mod hardening;
 mod http;
 mod keys;
+mod limits;
 mod logging;
 mod metrics;
 mod relay;

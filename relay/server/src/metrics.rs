@@ -26,6 +26,15 @@ const HANDSHAKE_BUCKETS: &[f64] = &[
 
 use chappe_proto::ResultCode;
 
+/// The `reason` label values of `chappe_connections_refused_total`: the
+/// config key (under `[limits]`) of the limit that refused.
+pub const REFUSAL_REASONS: [&str; 4] = [
+    "max_connections",
+    "max_connections_per_source",
+    "handshakes_per_source_per_sec",
+    "max_sessions_per_owner",
+];
+
 pub struct Metrics {
     /// The relay's own families, `chappe_` prefixed.
     pub registry: Registry,
@@ -33,6 +42,11 @@ pub struct Metrics {
     /// time), unprefixed as every exporter names them.
     pub process: Registry,
     pub connections_refused_total: IntCounterVec,
+    pub quic_retry_active: IntGauge,
+    pub quic_retries_total: IntCounter,
+    pub sends_limited_total: IntCounterVec,
+    pub sender_idle_closed_total: IntCounter,
+    pub http_connections_refused_total: IntCounter,
     pub handshake_duration_seconds: HistogramVec,
     pub send_duration_seconds: Histogram,
     pub delivery_latency_seconds: Histogram,
@@ -97,9 +111,47 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "connections_refused_total",
-                        "QUIC connections refused before their handshake, by reason (max_connections).",
+                        "QUIC connections refused, by the limit that refused them (max_connections, max_connections_per_source, handshakes_per_source_per_sec before the handshake; max_sessions_per_owner after it).",
                     ),
                     &["reason"],
+                )?,
+            )?,
+            quic_retry_active: reg(
+                &r,
+                IntGauge::new(
+                    "quic_retry_active",
+                    "1 while new connections must answer a QUIC Retry first (incoming connections above limits.retry_above_handshakes_per_sec).",
+                )?,
+            )?,
+            quic_retries_total: reg(
+                &r,
+                IntCounter::new(
+                    "quic_retries_total",
+                    "QUIC Retry packets sent: connection attempts asked to prove their address.",
+                )?,
+            )?,
+            sends_limited_total: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "sends_limited_total",
+                        "Sends refused rate_limited, by the limit (sends_per_send_id_per_sec, max_inflight_send_bytes).",
+                    ),
+                    &["limit"],
+                )?,
+            )?,
+            sender_idle_closed_total: reg(
+                &r,
+                IntCounter::new(
+                    "sender_idle_closed_total",
+                    "Sender sessions closed after limits.sender_idle_secs without a send.",
+                )?,
+            )?,
+            http_connections_refused_total: reg(
+                &r,
+                IntCounter::new(
+                    "http_connections_refused_total",
+                    "Connections to this metrics listener closed at once because too many were open.",
                 )?,
             )?,
             handshake_duration_seconds: reg(
@@ -309,8 +361,12 @@ impl Metrics {
         for result in ["ok", "failed"] {
             m.reloads_total.with_label_values(&[result]);
         }
-        m.connections_refused_total
-            .with_label_values(&["max_connections"]);
+        for reason in REFUSAL_REASONS {
+            m.connections_refused_total.with_label_values(&[reason]);
+        }
+        for limit in ["sends_per_send_id_per_sec", "max_inflight_send_bytes"] {
+            m.sends_limited_total.with_label_values(&[limit]);
+        }
         for mode in ["owner", "sender"] {
             m.handshake_duration_seconds.with_label_values(&[mode]);
         }

@@ -8,10 +8,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
+use chappe_proto::{OwnerKey, SendId};
 use chappe_store::Store;
+use tokio::sync::Semaphore;
 
 use crate::config::Limits;
 use crate::keys::KeyRing;
+use crate::limits::{Buckets, Counts};
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::shutdown::Shutdown;
@@ -25,7 +28,19 @@ pub struct Relay {
     limits: Live<Limits>,
     ready: AtomicBool,
     next_session: AtomicU64,
+    /// `limits.sends_per_send_id_per_sec`, by send id.
+    pub send_rates: Buckets<SendId>,
+    /// `limits.max_sessions_per_owner`: owner sessions by owner key.
+    pub owner_sessions: Arc<Counts<OwnerKey>>,
+    /// `limits.max_inflight_send_bytes`: ciphertext bytes of sends read and
+    /// not yet answered, relay-wide; fixed at start.
+    pub send_budget: Semaphore,
 }
+
+/// Send ids whose send rate is tracked at once: at about 80 bytes an
+/// entry, 5 MiB at most, and far more mailboxes than are written to in the
+/// two seconds a bucket takes to refill.
+const SEND_RATE_KEYS: usize = 65_536;
 
 impl Relay {
     pub fn new(
@@ -41,9 +56,14 @@ impl Relay {
             metrics,
             shutdown,
             keys: Arc::new(Live::new(keys)),
+            send_budget: Semaphore::new(
+                usize::try_from(limits.max_inflight_send_bytes).unwrap_or(Semaphore::MAX_PERMITS),
+            ),
             limits: Live::new(limits),
             ready: AtomicBool::new(false),
             next_session: AtomicU64::new(1),
+            send_rates: Buckets::new(SEND_RATE_KEYS),
+            owner_sessions: Arc::default(),
         })
     }
 

@@ -37,7 +37,10 @@ pub struct Applied {
 
 impl Reloader {
     pub async fn reload(&mut self, relay: &Arc<Relay>) -> anyhow::Result<Applied> {
-        let new = (self.load)()?;
+        let mut new = (self.load)()?;
+        let needs_restart = self.running.needs_restart(&new);
+        // The send budget is a semaphore sized at start: it keeps its size.
+        new.limits.max_inflight_send_bytes = self.running.limits.max_inflight_send_bytes;
         let ring = keys::load_ring(
             &self.running.state_dir,
             new.rotation_overlap,
@@ -66,7 +69,6 @@ impl Reloader {
         relay.set_limits(new.limits.clone());
         self.endpoint.set_server_config(Some(server));
         self.log.set_level(&new.log_level)?;
-        let needs_restart = self.running.needs_restart(&new);
         self.running = Config {
             // What a restart applies keeps its running value, so the next
             // reload still names it.

@@ -24,7 +24,7 @@ use chappe_proto::noise::{
     wire,
 };
 use thiserror::Error;
-use tokio::time::timeout;
+use tokio::time::timeout_at;
 
 use crate::relay::Relay;
 use stream::FrameReader;
@@ -53,6 +53,10 @@ pub enum SessionError {
     Exporter,
     #[error("relay shutting down")]
     ShuttingDown,
+    #[error("the owner key holds limits.max_sessions_per_owner sessions already")]
+    OwnerSessions,
+    #[error("no send for limits.sender_idle_secs")]
+    SenderIdle,
 }
 
 impl SessionError {
@@ -68,6 +72,8 @@ impl SessionError {
                 CloseCode::ProtocolViolation
             }
             SessionError::ShuttingDown => CloseCode::ShuttingDown,
+            SessionError::OwnerSessions => CloseCode::Overloaded,
+            SessionError::SenderIdle => CloseCode::Normal,
             SessionError::Read(_) | SessionError::Write(_) | SessionError::Connection(_) => {
                 CloseCode::Normal
             }
@@ -89,11 +95,25 @@ impl SessionError {
 
 /// Serves one incoming connection to its end; `_slot` is its place under
 /// `limits.max_connections`, given back when the session is over.
+///
+/// `limits.handshake_timeout_secs` runs from the first packet to the end
+/// of the Noise handshake: QUIC and TLS, then Noise, share one deadline,
+/// so a peer that stalls either holds its slot no longer than that.
 pub async fn run(relay: Arc<Relay>, incoming: Box<quinn::Incoming>, _slot: crate::endpoint::Slot) {
     let started = std::time::Instant::now();
-    let conn = match (*incoming).await {
-        Ok(c) => c,
-        Err(e) => {
+    let deadline = tokio::time::Instant::from_std(started) + relay.limits().handshake_timeout;
+    let conn = match timeout_at(deadline, *incoming).await {
+        Ok(Ok(c)) => c,
+        Err(_) => {
+            tracing::debug!("QUIC/TLS handshake timed out");
+            relay
+                .metrics
+                .handshakes_total
+                .with_label_values(&["tls", "failed"])
+                .inc();
+            return;
+        }
+        Ok(Err(e)) => {
             // Includes a client offering only classical key exchange.
             tracing::debug!(error = %e, "QUIC/TLS handshake failed");
             relay
@@ -105,7 +125,7 @@ pub async fn run(relay: Arc<Relay>, incoming: Box<quinn::Incoming>, _slot: crate
         }
     };
     relay.metrics.connections_total.inc();
-    let result = serve(&relay, &conn, started).await;
+    let result = serve(&relay, &conn, started, deadline).await;
     let code = match &result {
         Ok(()) => CloseCode::Normal,
         Err(e) => {
@@ -127,16 +147,14 @@ async fn serve(
     relay: &Arc<Relay>,
     conn: &quinn::Connection,
     started: std::time::Instant,
+    deadline: tokio::time::Instant,
 ) -> Result<(), SessionError> {
     let mut exporter = [0u8; EXPORTER_LEN];
     conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
         .map_err(|_| SessionError::Exporter)?;
     // Boxed: the handshake's state (Noise keys, buffers) is needed once,
     // and inline it would size every session's future for its whole life.
-    let hs = timeout(
-        relay.limits().handshake_timeout,
-        Box::pin(handshake(relay, conn, &exporter)),
-    );
+    let hs = timeout_at(deadline, Box::pin(handshake(relay, conn, &exporter)));
     let (mode, send, reader, owner) = match hs.await {
         // A stream that ends before the handshake is done is a failed
         // handshake, not a bad frame.
@@ -166,6 +184,23 @@ async fn serve(
         .handshake_duration_seconds
         .with_label_values(&[label])
         .observe(started.elapsed().as_secs_f64());
+    // Held for the session's life: one owner key cannot take every slot.
+    let _held = match owner {
+        Some(key) => {
+            let max = relay.limits().max_sessions_per_owner;
+            let held = relay.owner_sessions.try_hold(key, max);
+            if held.is_none() {
+                relay
+                    .metrics
+                    .connections_refused_total
+                    .with_label_values(&["max_sessions_per_owner"])
+                    .inc();
+                return Err(SessionError::OwnerSessions);
+            }
+            held
+        }
+        None => None,
+    };
     let active = relay.metrics.connections_active.with_label_values(&[label]);
     active.inc();
     let result = match owner {
