@@ -281,10 +281,17 @@ pub fn connect(state_dir: &Path) -> anyhow::Result<Option<UnixStream>> {
 /// Sends `request`; returns the reader positioned after the `ok` line and
 /// what followed `ok` on it.
 fn request(mut s: UnixStream, request: &str) -> anyhow::Result<(String, BufReader<UnixStream>)> {
-    s.write_all(format!("{request}\n").as_bytes())?;
+    // A refused caller's request is not read: the refusal is there to
+    // read even when the write fails.
+    let wrote = s.write_all(format!("{request}\n").as_bytes());
     let mut rd = BufReader::new(s);
     let mut line = String::new();
-    rd.read_line(&mut line)?;
+    let read = rd.read_line(&mut line);
+    if line.is_empty() {
+        wrote?;
+        read?;
+        bail!("the relay closed the admin connection without an answer");
+    }
     let line = line.trim_end();
     if let Some(rest) = line.strip_prefix("ok") {
         return Ok((rest.trim().to_string(), rd));

@@ -10,8 +10,9 @@
 //! before the backup began, nothing answered after the snapshot was
 //! taken, and, for the sends in between, per mailbox, the ones up to some
 //! point. (An envelope whose owner acknowledged it within the applier's
-//! short hold window may be absent although it was stored at that
-//! instant: its owner already has it.) The writer keeps committing
+//! hold window after that instant may be absent although it was stored
+//! then: the applier drops a put its remove caught up with, and the owner
+//! already has the envelope.) The writer keeps committing
 //! meanwhile; redb readers never block it.
 //!
 //! [`Snapshot::write`] copies every table into a new redb file rather
