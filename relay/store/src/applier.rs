@@ -18,8 +18,13 @@
 //! answered after that commit.
 //!
 //! A failed commit leaves redb as it was and the journal intact, but the
-//! applier cannot make progress: it marks the store failed, the writer
-//! refuses further writes, and a restart replays the journal.
+//! applier cannot make progress: redb latches the failure until the
+//! database is reopened. It marks the store failed (read-only, by the
+//! error's kind), the writer refuses further writes, and a restart replays
+//! the journal. While the disk is below the store's floor (the writer
+//! watches it, `crate::disk`) the applier commits nothing at all, so that
+//! a full disk never becomes a failed commit: it waits, with the window
+//! and the journal intact, and goes on when there is room again.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +36,7 @@ use chappe_proto::{OwnerKey, ReceiveId};
 use redb::{Database, Durability};
 use tokio::sync::oneshot;
 
+use crate::disk::ReadOnly;
 use crate::effect::Effect;
 use crate::error::{RequestError, StoreError};
 use crate::memtable::MemTable;
@@ -52,6 +58,9 @@ pub(crate) const HOLD: Duration = Duration::from_millis(200);
 /// it (durable send p99 37 ms). The hold itself stays long, so that an
 /// owner's acknowledgement still finds its envelope in the window.
 pub(crate) const STEP: Duration = Duration::from_millis(20);
+
+/// How often an applier held off by a full disk looks again.
+const NO_SPACE_WAIT: Duration = Duration::from_millis(250);
 
 /// Messages for the applier. Units do not wake it: it collects them when it
 /// wakes on its own (at most `STEP` or `HOLD` later), which spares a
@@ -350,6 +359,9 @@ impl Applier {
                 None => Instant::now() + HOLD,
             }
             .saturating_duration_since(Instant::now());
+            // No space: nothing is due until the writer sees room again.
+            let full = self.shared.counters.read_only() == Some(ReadOnly::NoSpace);
+            let wait = if full { wait.max(NO_SPACE_WAIT) } else { wait };
             let mut all = false;
             let mut stop = None;
             for msg in self.shared.inbox.take(wait) {
@@ -374,6 +386,9 @@ impl Applier {
                     let _ = done.send(());
                 }
                 break;
+            }
+            if full && self.shared.counters.read_only() == Some(ReadOnly::NoSpace) {
+                continue;
             }
             let now = Instant::now();
             let n = if all {
@@ -455,7 +470,7 @@ impl Applier {
                      is restarted (the journal keeps everything acknowledged)"
                 );
                 self.failed = true;
-                self.shared.counters.fail();
+                self.shared.counters.fail(e.read_only_kind());
                 self.refuse_barriers();
                 self.shared.ring();
                 false

@@ -41,6 +41,9 @@ pub struct StoreConfig {
     /// (`chappe-relay check --discard-damaged-journal`), never a config key
     /// that would stay set for the next damage.
     pub discard_damaged_journal: bool,
+    /// Faults to inject into the store's file layer: tests only (an empty
+    /// value in any build without the `fault-injection` feature).
+    pub faults: crate::disk::Faults,
 }
 
 impl StoreConfig {
@@ -58,6 +61,7 @@ impl StoreConfig {
             journal_bytes: 64 * MIB,
             cache_bytes: 1 << 30,
             discard_damaged_journal: false,
+            faults: crate::disk::Faults::default(),
         }
     }
 

@@ -102,6 +102,11 @@ pub enum StoreError {
          restart the relay once the disk is fixed: nothing acknowledged is lost"
     )]
     Failed,
+    /// The disk is below the store's floor: no writes until there is room.
+    #[error(
+        "the disk holding the store is full: the store takes no writes until there is room again"
+    )]
+    NoSpace,
     /// Something the code guarantees did not hold; a bug, not a disk fault.
     #[error("store invariant broken: {0}")]
     Invariant(&'static str),
@@ -171,6 +176,23 @@ impl StoreError {
         StoreError::BackupIo {
             path: path.to_owned(),
             source: Arc::new(source),
+        }
+    }
+
+    /// What this failure says about the disk, for a store that turns
+    /// read-only on it: out of space, or anything else.
+    pub(crate) fn read_only_kind(&self) -> crate::disk::ReadOnly {
+        use crate::disk::ReadOnly;
+        match self {
+            StoreError::Journal(j) => match &**j {
+                JournalError::Io { source, .. } => ReadOnly::of(source),
+                _ => ReadOnly::Io,
+            },
+            StoreError::Db(e) => match &**e {
+                redb::Error::Io(e) => ReadOnly::of(e),
+                _ => ReadOnly::Io,
+            },
+            _ => ReadOnly::Io,
         }
     }
 

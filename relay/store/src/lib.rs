@@ -80,6 +80,7 @@ mod tests;
 pub use answers::{Answered, Answers};
 pub use backup::{BackupSummary, OfflineStats, Snapshot};
 pub use config::{Quotas, StoreConfig};
+pub use disk::{FaultAt, Faults, ReadOnly};
 pub use error::{JournalLoss, RequestError, StoreError};
 pub use reads::{CheckReport, MAX_PROBLEMS};
 pub use request::{Enqueued, MailboxInfo, StoredEnvelope};

@@ -99,6 +99,23 @@ pub(crate) enum Op {
     SetQuotas(Box<crate::config::Quotas>),
 }
 
+impl Op {
+    /// Whether the request changes the store (a journal record or a redb
+    /// commit): what a read-only store refuses.
+    pub(crate) fn writes(&self) -> bool {
+        match self {
+            Op::Create { .. }
+            | Op::Delete { .. }
+            | Op::SetTokens { .. }
+            | Op::Enqueue { .. }
+            | Op::Ack { .. }
+            | Op::Sweep
+            | Op::Flush => true,
+            Op::List { .. } | Op::Ping | Op::SetQuotas(_) => false,
+        }
+    }
+}
+
 /// What an applied operation produced, before anyone is told.
 pub(crate) enum Answer {
     Info(MailboxInfo),
@@ -147,6 +164,7 @@ impl Reply {
             Reply::List(tx) => drop(tx.send(Err(e))),
             Reply::Swept(tx) => drop(tx.send(Err(match e {
                 RequestError::Internal(e) => e,
+                RequestError::RelayFull => StoreError::NoSpace,
                 _ => StoreError::Invariant("sweep refused"),
             }))),
         }

@@ -171,10 +171,20 @@ pub(crate) struct Opened {
 /// sure every table exists, and returns the totals and journal mark kept in
 /// `meta`.
 pub(crate) fn open(path: &Path, cache_bytes: usize) -> Result<Opened, StoreError> {
-    let db = Builder::new()
+    open_with(path, cache_bytes, &crate::disk::Faults::default())
+}
+
+/// [`open`], with faults to inject into redb's file (tests).
+pub(crate) fn open_with(
+    path: &Path,
+    cache_bytes: usize,
+    faults: &crate::disk::Faults,
+) -> Result<Opened, StoreError> {
+    let mut builder = Builder::new();
+    builder
         .set_cache_size(cache_bytes)
-        .set_repair_callback(log_repair)
-        .create(path)?;
+        .set_repair_callback(log_repair);
+    let db = crate::disk::create_db(&builder, path, faults)?;
     let mut txn = db.begin_write()?;
     txn.set_quick_repair(true);
     let others = txn

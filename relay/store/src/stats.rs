@@ -4,8 +4,9 @@
 //! writer (which decides them), mailbox totals and checkpoints to the
 //! applier (which makes them).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
 
+use crate::disk::ReadOnly;
 use crate::schema::Totals;
 
 /// A snapshot of the store's counters.
@@ -32,6 +33,10 @@ pub struct StoreStats {
     /// A journal or database write failed: the store takes no more writes
     /// until the relay is restarted (recovery then replays the journal).
     pub failed: bool,
+    /// Why the store takes no writes, if it does not: a failed write
+    /// (`failed`, by the error's kind), or a disk below the store's floor
+    /// (which clears by itself).
+    pub read_only: Option<ReadOnly>,
     /// Size of the journal's ring: how far the applier may lag.
     pub journal_capacity: u64,
     /// Envelopes removed by expiry since open.
@@ -50,6 +55,8 @@ pub(crate) struct Counters {
     unwritten: AtomicU64,
     journal_bytes: AtomicU64,
     failed: AtomicBool,
+    /// 0: writable; 1: no space; 2: I/O error ([`ReadOnly`]).
+    read_only: AtomicU8,
     journal_capacity: AtomicU64,
     expired: AtomicU64,
 }
@@ -95,8 +102,27 @@ impl Counters {
         self.expired.fetch_add(n, Relaxed);
     }
 
-    pub(crate) fn fail(&self) {
+    /// A write failed: read-only until a restart.
+    pub(crate) fn fail(&self, why: ReadOnly) {
         self.failed.store(true, Relaxed);
+        self.read_only.store(code(Some(why)), Relaxed);
+    }
+
+    /// The writer, after looking at free space: read-only while below the
+    /// floor (a failure, once recorded, stays).
+    pub(crate) fn set_no_space(&self, full: bool) {
+        if !self.is_failed() {
+            let want = if full { Some(ReadOnly::NoSpace) } else { None };
+            self.read_only.store(code(want), Relaxed);
+        }
+    }
+
+    pub(crate) fn read_only(&self) -> Option<ReadOnly> {
+        match self.read_only.load(Relaxed) {
+            1 => Some(ReadOnly::NoSpace),
+            2 => Some(ReadOnly::Io),
+            _ => None,
+        }
     }
 
     pub(crate) fn is_failed(&self) -> bool {
@@ -115,8 +141,17 @@ impl Counters {
             unwritten: self.unwritten.load(Relaxed),
             journal_bytes: self.journal_bytes.load(Relaxed),
             failed: self.failed.load(Relaxed),
+            read_only: self.read_only(),
             journal_capacity: self.journal_capacity.load(Relaxed),
             expired: self.expired.load(Relaxed),
         }
+    }
+}
+
+fn code(r: Option<ReadOnly>) -> u8 {
+    match r {
+        None => 0,
+        Some(ReadOnly::NoSpace) => 1,
+        Some(ReadOnly::Io) => 2,
     }
 }

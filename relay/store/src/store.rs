@@ -132,7 +132,8 @@ impl Store {
     }
 
     pub(crate) fn open_with_clock(cfg: StoreConfig, clock: Clock) -> Result<Store, StoreError> {
-        let schema::Opened { db, totals, mark } = schema::open(&cfg.path, cfg.cache_bytes)?;
+        let schema::Opened { db, totals, mark } =
+            schema::open_with(&cfg.path, cfg.cache_bytes, &cfg.faults)?;
         let db = Arc::new(db);
         let Recovered {
             journal,
@@ -159,13 +160,18 @@ impl Store {
         }
         let mut journal = journal;
         journal.set_head(head);
+        journal.set_faults(cfg.faults.clone());
         let dir = match cfg.path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => ".".into(),
         };
         let writer = Writer {
             db: db.clone(),
-            disk: DiskGauge::new(dir.clone(), cfg.min_free_disk_bytes),
+            disk: DiskGauge::new(
+                dir.clone(),
+                cfg.min_free_disk_bytes,
+                crate::disk::floor_for(journal.ring()),
+            ),
             cfg,
             clock: clock.clone(),
             shared: shared.clone(),
@@ -536,7 +542,7 @@ pub(crate) enum Examined {
     /// The journal is in an older format.
     OldFormat { version: u32, clean: bool },
     /// The journal, read from the mark.
-    Read(Reading),
+    Read(Box<Reading>),
 }
 
 /// The journal read from the store's mark.
@@ -589,14 +595,14 @@ pub(crate) fn examine(path: &Path, mark: Option<JournalMark>) -> Result<Examined
             .map_err(|e| StoreError::journal_io(path, e))?;
         (!later.is_empty()).then(|| (loss(&later.records), later.last))
     };
-    Ok(Examined::Read(Reading {
+    Ok(Examined::Read(Box::new(Reading {
         journal,
         mark,
         units,
         head,
         last_seq,
         damage,
-    }))
+    })))
 }
 
 /// A record's effects, for the applier.
@@ -728,7 +734,7 @@ fn recover(cfg: &StoreConfig, mark: Option<JournalMark>) -> Result<Recovered, St
         head,
         last_seq,
         damage,
-    } = r;
+    } = *r;
     if let Some((lost, highest)) = damage {
         if !discard {
             return Err(StoreError::JournalDamaged {

@@ -16,8 +16,18 @@
 //! If a journal write or sync fails, every request of the batch hears
 //! `Internal` and the store refuses writes from then on: after a failed
 //! `fdatasync` the kernel may have dropped the data and cleared the error,
-//! so retrying could report success for bytes that are gone. A restart
-//! recovers whatever the journal really holds.
+//! so retrying could report success for bytes that are gone. The batch's
+//! decisions (numbers, quotas) are already in the writer's view, too, and
+//! would have to be unwound. A restart recovers whatever the journal
+//! really holds. Later requests hear `RelayFull` if the failure was a full
+//! disk, `Internal` otherwise.
+//!
+//! Before each batch the writer looks at free space (cached, see
+//! `crate::disk`): below the store's floor it refuses every request that
+//! writes with `RelayFull`, decides nothing, and so never has a batch fail
+//! for want of space; reads and pings are answered as usual. It looks
+//! again at least every [`NO_SPACE_RECHECK`], requests or not, and takes
+//! writes again once there is room.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -32,7 +42,7 @@ use tokio::sync::oneshot;
 use crate::applier::{Barrier, BarrierOp, Shared, ToApplier, Unit};
 use crate::clock::{Clock, expiry_hour, hour_of, is_expired};
 use crate::config::StoreConfig;
-use crate::disk::DiskGauge;
+use crate::disk::{DiskGauge, ReadOnly};
 use crate::effect::{Effect, MAX_REMOVE, PUT_OVERHEAD};
 use crate::error::{RequestError, StoreError};
 use crate::journal::Journal;
@@ -53,6 +63,8 @@ const SWEEP_SLICE: usize = 4096;
 const SWEEP_AGAIN: Duration = Duration::from_secs(1);
 /// Journal bytes a removed sequence number may take, for sizing batches.
 const REMOVE_COST: usize = 48;
+/// How often a writer whose disk is full looks whether space came back.
+const NO_SPACE_RECHECK: Duration = Duration::from_millis(500);
 
 pub(crate) struct Writer {
     pub db: Arc<Database>,
@@ -112,7 +124,11 @@ impl Writer {
         let mut next_sweep = Instant::now() + SWEEP_EVERY;
         let mut carry: Option<Msg> = None;
         let stop = loop {
-            let wait = next_sweep.saturating_duration_since(Instant::now());
+            let full = self.check_space();
+            let mut wait = next_sweep.saturating_duration_since(Instant::now());
+            if full {
+                wait = wait.min(NO_SPACE_RECHECK);
+            }
             let mut batch = Vec::new();
             let mut cost = 0usize;
             let mut after = After::Continue;
@@ -142,7 +158,7 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break None,
             }
-            let sweep = Instant::now() >= next_sweep;
+            let sweep = Instant::now() >= next_sweep && !full;
             if !batch.is_empty() || sweep {
                 let swept = self.run_batch(batch, sweep);
                 if sweep {
@@ -166,6 +182,23 @@ impl Writer {
         tracing::debug!("store writer stopped");
     }
 
+    /// Looks at free space (at most every `RECHECK`, `crate::disk`) and
+    /// publishes whether the store is read-only for want of it.
+    fn check_space(&mut self) -> bool {
+        let full = self.disk.is_full();
+        self.shared.counters.set_no_space(full);
+        full
+    }
+
+    /// The refusal for a request the store cannot take: `RelayFull` for a
+    /// full disk, `Internal` for anything else.
+    fn refusal(&self) -> RequestError {
+        match self.shared.counters.read_only() {
+            Some(ReadOnly::NoSpace) => RequestError::RelayFull,
+            _ => RequestError::Internal(StoreError::Failed),
+        }
+    }
+
     /// Most envelopes one sweep removes: a slice, and what one record holds.
     fn sweep_slice(&self) -> usize {
         SWEEP_SLICE.min(self.journal.max_payload() / (4 * REMOVE_COST))
@@ -178,10 +211,20 @@ impl Writer {
         if self.failed || self.shared.counters.is_failed() {
             self.failed = true;
             for req in batch {
-                req.reply.refuse(RequestError::Internal(StoreError::Failed));
+                req.reply.refuse(self.refusal());
             }
             return 0;
         }
+        let batch = if self.check_space() {
+            let (writes, rest): (Vec<Request>, Vec<Request>) =
+                batch.into_iter().partition(|r| r.op.writes());
+            for req in writes {
+                req.reply.refuse(RequestError::RelayFull);
+            }
+            rest
+        } else {
+            batch
+        };
         self.overlay.trim(self.shared.applied_seq());
         let mut b = Batch {
             seq: self.next_seq,
@@ -210,7 +253,7 @@ impl Writer {
                  restarted, which recovers what the journal holds"
             );
             self.failed = true;
-            self.shared.counters.fail();
+            self.shared.counters.fail(e.read_only_kind());
             for (reply, _) in d.answers {
                 reply.refuse(RequestError::Internal(StoreError::Failed));
             }

@@ -314,7 +314,7 @@ fn later<R: ReadAt + ?Sized>(
             next = pos + ALIGN;
         }
         pos = next;
-        if pos % ring != 0 && ring - pos % ring < RECORD_HEADER as u64 {
+        if !pos.is_multiple_of(ring) && ring - pos % ring < RECORD_HEADER as u64 {
             pos += ring - pos % ring;
         }
     }
@@ -472,6 +472,8 @@ pub(crate) struct Journal {
     head: u64,
     /// The record being built: header space, then the payload.
     buf: Vec<u8>,
+    /// Tests: failures to inject into writes and syncs.
+    faults: crate::disk::Faults,
 }
 
 /// Where an appended record went.
@@ -544,6 +546,7 @@ impl Journal {
             sealer: Sealer::new(&key),
             head: 0,
             buf: Vec::new(),
+            faults: crate::disk::Faults::default(),
         })
     }
 
@@ -582,6 +585,7 @@ impl Journal {
             sealer: Sealer::new(&h.key),
             head: 0,
             buf: Vec::new(),
+            faults: crate::disk::Faults::default(),
         }))
     }
 
@@ -614,6 +618,11 @@ impl Journal {
             last: after,
             budget: self.ring,
         }
+    }
+
+    /// Tests: from now on, writes and syncs may fail as `faults` says.
+    pub(crate) fn set_faults(&mut self, faults: crate::disk::Faults) {
+        self.faults = faults;
     }
 
     /// Where the next record goes; set once, after recovery.
@@ -649,6 +658,13 @@ impl Journal {
     /// caller has checked [`Journal::fits`].
     pub(crate) fn append(&mut self, seq: u64) -> Result<Appended, JournalError> {
         let (size, slack) = need(self.ring, self.head, self.buf.len());
+        let io = |source| JournalError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        self.faults
+            .check(crate::disk::FaultAt::JournalWrite)
+            .map_err(io)?;
         let writes = frame(
             &self.sealer,
             self.ring,
@@ -671,10 +687,14 @@ impl Journal {
 
     /// Makes everything appended so far durable.
     pub(crate) fn sync(&self) -> Result<(), JournalError> {
-        self.file.sync_data().map_err(|source| JournalError::Io {
+        let io = |source| JournalError::Io {
             path: self.path.clone(),
             source,
-        })
+        };
+        self.faults
+            .check(crate::disk::FaultAt::JournalSync)
+            .map_err(io)?;
+        self.file.sync_data().map_err(io)
     }
 }
 

@@ -10,10 +10,11 @@ use tempfile::TempDir;
 use crate::clock::Clock;
 use crate::{MailboxInfo, Store, StoreConfig};
 
+mod damage;
 mod durability;
 mod enqueue;
 mod expiry;
-mod damage;
+mod faults;
 mod journal;
 mod mailbox;
 mod prop;
