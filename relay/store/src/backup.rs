@@ -294,3 +294,145 @@ pub fn install(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use chappe_proto::OwnerKey;
+
+    use super::*;
+    use crate::clock::Clock;
+    use crate::tests::{Fixture, config, mailbox};
+    use crate::{Store, StoreError};
+
+    fn body(i: u8) -> Bytes {
+        Bytes::from(vec![i; 1024])
+    }
+
+    /// The copy holds what was answered before the snapshot and nothing
+    /// after, opens with no journal, and restores as a whole store.
+    #[tokio::test]
+    async fn a_snapshot_is_one_instant_and_restores() {
+        let f = Fixture::new(|_| {});
+        let owner = OwnerKey([7; 32]);
+        let mb = mailbox(&f.store, owner).await;
+        for i in 0..5 {
+            f.store
+                .enqueue(mb.info.send_id, mb.token, body(i))
+                .await
+                .unwrap();
+        }
+        let snap = f.store.snapshot().await.unwrap();
+        // Answered after the snapshot: must not be in the copy.
+        for i in 5..9 {
+            f.store
+                .enqueue(mb.info.send_id, mb.token, body(i))
+                .await
+                .unwrap();
+        }
+        let dest = f.dir.path().join("copy.redb");
+        let summary = snap.write(&dest).unwrap();
+        drop(snap);
+        assert_eq!(summary.totals.envelopes, 5);
+        assert_eq!(summary.totals.bytes, 5 * 1024);
+        assert!(!partial_path(&dest).exists());
+        assert!(matches!(
+            snap_again(&f.store).await.write(&dest),
+            Err(StoreError::BackupExists { .. })
+        ));
+
+        let report = verify_backup(&copy_of(&dest)).unwrap();
+        assert!(report.is_consistent(), "{report:#?}");
+
+        // Restore into a new directory holding a store of its own.
+        let other = tempfile::TempDir::new().unwrap();
+        let cfg = config(&other);
+        let old = Store::open(cfg.clone()).unwrap();
+        mailbox(&old, OwnerKey([9; 32])).await;
+        let mut src = File::open(&dest).unwrap();
+        assert!(matches!(
+            install(
+                &mut src,
+                &cfg.path,
+                &cfg.journal_path(),
+                &other.path().join("aside")
+            ),
+            Err(StoreError::StoreInUse { .. })
+        ));
+        old.shutdown().await;
+        drop(old);
+        let mut src = File::open(&dest).unwrap();
+        let aside = other.path().join("aside");
+        let done = install(&mut src, &cfg.path, &cfg.journal_path(), &aside).unwrap();
+        assert_eq!(done.aside.as_deref(), Some(aside.as_path()));
+        assert!(aside.join("store.redb").exists() && aside.join("store.journal").exists());
+
+        // The fixture's clock: its envelopes expire by it.
+        let restored = Store::open_with_clock(cfg, Clock::Manual(f.clock.clone())).unwrap();
+        let got = restored
+            .fetch(owner, mb.info.receive_id, 0, 100, usize::MAX)
+            .unwrap();
+        let firsts: Vec<_> = got.iter().map(|e| e.ciphertext.first().copied()).collect();
+        assert_eq!(firsts, (0..5).map(Some).collect::<Vec<_>>());
+        assert!(got.iter().all(|e| e.ciphertext == body(e.ciphertext[0])));
+        let s = restored.stats();
+        assert_eq!((s.envelopes, s.mailboxes), (5, 1));
+        // Sends go on where the copy ended.
+        restored
+            .enqueue(mb.info.send_id, mb.token, body(42))
+            .await
+            .unwrap();
+    }
+
+    /// A `store.redb` taken from a live relay is not a backup: without
+    /// its journal it may lack acknowledged envelopes.
+    #[tokio::test]
+    async fn a_live_store_file_is_not_a_backup() {
+        let f = Fixture::new(|_| {});
+        mailbox(&f.store, OwnerKey([7; 32])).await;
+        let copy = f.dir.path().join("live-copy.redb");
+        std::fs::copy(f.dir.path().join("store.redb"), &copy).unwrap();
+        assert!(matches!(
+            verify_backup(&copy),
+            Err(StoreError::BackupNeedsJournal { .. })
+        ));
+    }
+
+    /// Offline figures of a stopped store.
+    #[tokio::test]
+    async fn offline_stats_read_a_stopped_store() {
+        let f = Fixture::new(|_| {});
+        let mb = mailbox(&f.store, OwnerKey([7; 32])).await;
+        for i in 0..3 {
+            f.store
+                .enqueue(mb.info.send_id, mb.token, body(i))
+                .await
+                .unwrap();
+        }
+        let path = f.dir.path().join("store.redb");
+        let cfg = config(&f.dir);
+        assert!(offline_stats(&path, &cfg.journal_path()).is_err(), "open");
+        let Fixture { dir, store, .. } = f;
+        store.shutdown().await;
+        drop(store);
+        let st = offline_stats(&path, &cfg.journal_path()).unwrap();
+        assert_eq!(
+            (st.totals.envelopes, st.totals.bytes, st.totals.mailboxes),
+            (3, 3 * 1024, 1)
+        );
+        assert!(st.oldest_expiry_hour.is_some());
+        assert_eq!((st.journal_bytes, st.journal_capacity), (0, 1 << 20));
+        drop(dir);
+    }
+
+    async fn snap_again(store: &Store) -> Snapshot {
+        store.snapshot().await.unwrap()
+    }
+
+    /// verify_backup takes the file's lock and may add tables: on a copy.
+    fn copy_of(p: &Path) -> PathBuf {
+        let c = p.with_extension("check");
+        std::fs::copy(p, &c).unwrap();
+        c
+    }
+}
