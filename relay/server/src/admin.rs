@@ -20,6 +20,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -125,8 +126,9 @@ impl Stats {
     }
 }
 
-/// Binds the socket, replacing a stale one: only the relay holding the
-/// store's lock gets this far, so no other relay can be listening on it.
+/// Binds the socket, replacing a stale one (and removing a stale backup
+/// spool): only the relay holding the store's lock gets this far, so no
+/// other relay can be listening on it or writing the spool.
 pub fn bind(state_dir: &Path) -> anyhow::Result<UnixListener> {
     let path = socket_path(state_dir);
     match std::fs::remove_file(&path) {
@@ -135,6 +137,8 @@ pub fn bind(state_dir: &Path) -> anyhow::Result<UnixListener> {
         }
         _ => {}
     }
+    // A copy a killed relay was writing or streaming.
+    drop(std::fs::remove_file(state_dir.join(SPOOL)));
     let l = UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("setting the mode of {}", path.display()))?;
@@ -144,6 +148,9 @@ pub fn bind(state_dir: &Path) -> anyhow::Result<UnixListener> {
 /// Answers admin requests until shutdown.
 pub async fn serve(l: UnixListener, store: Store, state_dir: PathBuf, mut shutdown: Shutdown) {
     let me = nix::unistd::geteuid().as_raw();
+    // One backup at a time: they share the spool file, and a second copy
+    // at once would only double the disk and I/O it costs.
+    let backup = Arc::new(tokio::sync::Mutex::new(()));
     loop {
         let conn = tokio::select! {
             c = l.accept() => c,
@@ -160,9 +167,9 @@ pub async fn serve(l: UnixListener, store: Store, state_dir: PathBuf, mut shutdo
         let allowed = stream
             .peer_cred()
             .is_ok_and(|c| c.uid() == 0 || c.uid() == me);
-        let (store, dir) = (store.clone(), state_dir.clone());
+        let (store, dir, backup) = (store.clone(), state_dir.clone(), backup.clone());
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, allowed, store, &dir).await {
+            if let Err(e) = answer(stream, allowed, store, &dir, &backup).await {
                 tracing::warn!("admin request failed: {e:#}");
             }
         });
@@ -175,6 +182,7 @@ async fn answer(
     allowed: bool,
     store: Store,
     dir: &Path,
+    backup: &tokio::sync::Mutex<()>,
 ) -> anyhow::Result<()> {
     let (rd, mut wr) = stream.into_split();
     if !allowed {
@@ -196,6 +204,11 @@ async fn answer(
             Err(e) => wr.write_all(format!("error {e:#}\n").as_bytes()).await?,
         },
         "backup" => {
+            let Ok(_one) = backup.try_lock() else {
+                wr.write_all(b"error another backup is running; try again when it is done\n")
+                    .await?;
+                return Ok(());
+            };
             tracing::info!("online backup requested");
             let spool = dir.join(SPOOL);
             let made = match store.snapshot().await {
