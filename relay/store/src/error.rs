@@ -102,6 +102,14 @@ pub enum StoreError {
          restart the relay once the disk is fixed: nothing acknowledged is lost"
     )]
     Failed,
+    /// `chappe-relay check` reads a stopped store only.
+    #[error(
+        "{path} is open in a running relay; `check` reads a stopped store: stop the relay first \
+         (`systemctl stop chappe-relay`)"
+    )]
+    StoreRunning { path: PathBuf },
+    #[error("there is no store at {path}: nothing to check (check `state_dir`)")]
+    NoStore { path: PathBuf },
     /// The disk is below the store's floor: no writes until there is room.
     #[error(
         "the disk holding the store is full: the store takes no writes until there is room again"

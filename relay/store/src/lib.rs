@@ -39,6 +39,8 @@
 //! - [`backup`]: the online backup's consistent [`Snapshot`], checking a
 //!   backup before a restore, and figures read from a stopped store.
 //! - [`journal`]: the journal file (a ring of authenticated records).
+//! - [`inspect`]: the offline check of a stopped store and its journal
+//!   (`chappe-relay check`).
 //! - [`effect`]: what a journal record holds: the envelope changes a batch made.
 //! - `memtable`: journaled envelopes and acks redb does not have yet, for reads.
 //! - `overlay`: the writer's view of mailbox records ahead of redb.
@@ -62,6 +64,7 @@ mod config;
 mod disk;
 pub mod effect;
 pub mod error;
+pub mod inspect;
 pub mod journal;
 mod memtable;
 mod ops;

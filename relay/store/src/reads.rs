@@ -313,7 +313,7 @@ impl Problems {
 
 /// Recounts everything and cross-checks the indexes. Reads the whole
 /// store, in one snapshot, without stopping the writer.
-pub(crate) fn check(db: &Database) -> Result<CheckReport, StoreError> {
+pub(crate) fn check(db: &impl ReadableDatabase) -> Result<CheckReport, StoreError> {
     let txn = db.begin_read()?;
     let recorded = schema::read_totals(&txn.open_table(META)?)?;
     let mailboxes = txn.open_table(MAILBOXES)?;

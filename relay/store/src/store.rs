@@ -456,7 +456,7 @@ impl Store {
             RequestError::Internal(e) => e,
             _ => StoreError::WriterStopped,
         })?;
-        reads::check(&self.inner.db)
+        reads::check(&*self.inner.db)
     }
 
     /// The store as of one instant, for [`Snapshot::write`]: waits until
@@ -632,6 +632,20 @@ pub(crate) fn loss(records: &[crate::journal::Record]) -> JournalLoss {
             Ok(effects) => count(&mut l, &effects),
             Err(_) => l.undecodable += 1,
         }
+    }
+    l
+}
+
+/// What decoded records hold (the chain a start replays).
+pub(crate) fn loss_of_units(units: &[Unit]) -> JournalLoss {
+    let mut l = JournalLoss {
+        records: units.len() as u64,
+        first_seq: units.first().map_or(0, |u| u.seq),
+        last_seq: units.last().map_or(0, |u| u.seq),
+        ..JournalLoss::default()
+    };
+    for u in units {
+        count(&mut l, &u.effects);
     }
     l
 }

@@ -232,3 +232,62 @@ async fn an_older_journal_format_is_replaced_only_after_a_clean_stop() {
         .unwrap();
     assert_eq!(j.version(), crate::journal::record::VERSION);
 }
+
+/// The offline check reads what the next start would read and says what
+/// it would do, changing nothing; it refuses a store a relay has open.
+#[tokio::test]
+async fn the_offline_check_reports_what_the_start_would_find() {
+    use crate::inspect::{JournalState, Report, inspect};
+
+    let (dir, m) = ten_sends_then_crash().await;
+    let cfg = config(&dir);
+    let i = inspect(&cfg).unwrap();
+    match &i.journal {
+        JournalState::Intact {
+            clean: false,
+            replay,
+        } => assert!(replay.envelopes >= 3 && replay.envelopes <= 10, "{replay}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!i.has_problems(), "{i:?}");
+
+    let records = chain(&dir);
+    damage(&dir, records[records.len() - 3].0);
+    let i = inspect(&cfg).unwrap();
+    let JournalState::Damaged { lost, .. } = &i.journal else {
+        panic!("{:?}", i.journal);
+    };
+    assert_eq!((lost.records, lost.envelopes), (2, 2));
+    assert!(i.has_problems());
+    let text = Report {
+        inspection: &i,
+        store: &cfg.path,
+        journal: &cfg.journal_path(),
+    }
+    .to_string();
+    assert!(text.contains("DAMAGED"), "{text}");
+    assert!(text.contains("2 records"), "{text}");
+    assert!(text.contains("consistent"), "{text}");
+    // Checking changed nothing: the start still refuses.
+    assert!(matches!(
+        open(&dir, false),
+        Err(StoreError::JournalDamaged { .. })
+    ));
+    // Discarded, then stopped cleanly: nothing left to report.
+    let store = open(&dir, true).unwrap();
+    assert!(matches!(
+        inspect(&cfg),
+        Err(StoreError::StoreRunning { .. })
+    ));
+    store.shutdown().await;
+    drop(store);
+    let i = inspect(&cfg).unwrap();
+    assert!(!i.has_problems(), "{i:?}");
+    assert!(
+        matches!(&i.journal, JournalState::Intact { clean: true, replay } if replay.records == 0),
+        "{:?}",
+        i.journal
+    );
+    assert_eq!(i.store.counted.envelopes, 7);
+    let _ = m;
+}
