@@ -4,7 +4,7 @@
 //! watchdog or liveness probe); `/readyz` answers 200 only while the relay
 //! accepts QUIC connections (store open and taking writes, endpoint bound,
 //! not draining), which is what a load balancer or an upgrade script waits
-//! for.
+//! for; its 503 body says why (a read-only store names its reason).
 //!
 //! The listener starts before the store is opened. Opening can take a
 //! moment: after a crash the journal is replayed first. Meanwhile `/healthz`
@@ -152,13 +152,11 @@ fn respond(status: &Status, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/healthz" if relay.is_none() => text(StatusCode::OK, "opening store\n"),
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => {
-            if relay.is_some_and(|r| r.is_ready()) {
-                text(StatusCode::OK, "ready\n")
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-            }
-        }
+        "/readyz" => match relay.map(|r| r.not_ready_because()) {
+            Some(None) => text(StatusCode::OK, "ready\n"),
+            Some(Some(why)) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod check;
 mod config;
 mod endpoint;
 mod hardening;
@@ -115,6 +116,17 @@ enum Command {
     /// Mailboxes, envelopes, bytes, oldest expiry and journal use: from
     /// the running relay, or read from the store when it is stopped.
     Stats,
+    /// Check a stopped relay's store and journal and report (non-zero exit
+    /// on problems): totals and indexes of store.redb, what the journal
+    /// replays at the next start, and damage that keeps the relay from
+    /// starting, with what discarding it would lose.
+    Check {
+        /// Accept the loss the report names: drop the damaged journal
+        /// record and every record after it (or a journal that is missing
+        /// or unreadable), close the store cleanly, check again.
+        #[arg(long)]
+        discard_damaged_journal: bool,
+    },
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -248,6 +260,9 @@ fn run_command(mut cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Restore { src } => restore::run(&cfg, &src),
+        Command::Check {
+            discard_damaged_journal,
+        } => check::run(&cfg, discard_damaged_journal),
         Command::Stats => match admin::connect(&cfg.state_dir)? {
             Some(sock) => {
                 admin::fetch_stats(sock)?.print("the running relay");

@@ -25,6 +25,7 @@ const HANDSHAKE_BUCKETS: &[f64] = &[
 ];
 
 use chappe_proto::ResultCode;
+use chappe_store::ReadOnly;
 
 /// The `reason` label values of `chappe_connections_refused_total`: the
 /// config key (under `[limits]`) of the limit that refused.
@@ -71,6 +72,7 @@ pub struct Metrics {
     pub store_unwritten_envelopes_total: IntCounter,
     pub store_journal_bytes: IntGauge,
     pub store_failed: IntGauge,
+    pub store_read_only: IntGaugeVec,
     pub ready: IntGauge,
     pub reloads_total: IntCounterVec,
     pub key_generations: IntGauge,
@@ -335,6 +337,16 @@ impl Metrics {
                     "1 after a failed disk write: the store takes no writes until a restart.",
                 )?,
             )?,
+            store_read_only: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "store_read_only",
+                        "1 while the store takes no writes, by reason: no_space (the disk is full; clears by itself when space returns, unless a write already failed for it) or io_error (a write or sync failed; until a restart).",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
             ready: reg(
                 &r,
                 IntGauge::new("ready", "1 while the relay accepts connections.")?,
@@ -360,6 +372,9 @@ impl Metrics {
         };
         for result in ["ok", "failed"] {
             m.reloads_total.with_label_values(&[result]);
+        }
+        for why in [ReadOnly::NoSpace, ReadOnly::Io] {
+            m.store_read_only.with_label_values(&[why.name()]);
         }
         for reason in REFUSAL_REASONS {
             m.connections_refused_total.with_label_values(&[reason]);

@@ -122,10 +122,27 @@ impl Relay {
         self.metrics.ready.set(i64::from(ready));
     }
 
-    /// Ready to take traffic: serving, not draining, and the store still
-    /// takes writes (after a failed disk write it refuses them all).
+    /// Ready to take traffic: serving, not draining, and the store takes
+    /// writes (read-only after a failed disk write, or while the disk is
+    /// full, it refuses them all).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.shutdown.is_set() && !self.store.stats().failed
+        self.not_ready_because().is_none()
+    }
+
+    /// Why the relay is not ready, for `/readyz`; `None` when it is.
+    pub fn not_ready_because(&self) -> Option<&'static str> {
+        if !self.ready.load(Ordering::Acquire) || self.shutdown.is_set() {
+            return Some("not ready\n");
+        }
+        match self.store.stats().read_only {
+            None => None,
+            Some(chappe_store::ReadOnly::NoSpace) => {
+                Some("not ready: the store is read-only (no_space: the disk is full)\n")
+            }
+            Some(chappe_store::ReadOnly::Io) => {
+                Some("not ready: the store is read-only (io_error: a disk write failed)\n")
+            }
+        }
     }
 
     pub fn next_session_id(&self) -> u64 {
@@ -162,6 +179,11 @@ impl Relay {
             m.store_disk_free_bytes.set(clamp(free));
         }
         m.store_failed.set(i64::from(s.failed));
+        for why in [chappe_store::ReadOnly::NoSpace, chappe_store::ReadOnly::Io] {
+            m.store_read_only
+                .with_label_values(&[why.name()])
+                .set(i64::from(s.read_only == Some(why)));
+        }
         m.key_generations
             .set(1 + i64::from(self.keys().previous.is_some()));
     }

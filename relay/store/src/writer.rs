@@ -208,23 +208,22 @@ impl Writer {
     /// the periodic sweep (if asked for) removed.
     fn run_batch(&mut self, batch: Vec<Request>, sweep: bool) -> u64 {
         let n = batch.len();
-        if self.failed || self.shared.counters.is_failed() {
-            self.failed = true;
-            for req in batch {
-                req.reply.refuse(self.refusal());
-            }
-            return 0;
-        }
-        let batch = if self.check_space() {
+        self.failed |= self.shared.counters.is_failed();
+        // Read-only: writes are refused, reads and pings still answered.
+        let batch = if self.failed || self.check_space() {
             let (writes, rest): (Vec<Request>, Vec<Request>) =
                 batch.into_iter().partition(|r| r.op.writes());
             for req in writes {
-                req.reply.refuse(RequestError::RelayFull);
+                req.reply.refuse(self.refusal());
+            }
+            if rest.is_empty() {
+                return 0;
             }
             rest
         } else {
             batch
         };
+        let sweep = sweep && self.shared.counters.read_only().is_none();
         self.overlay.trim(self.shared.applied_seq());
         let mut b = Batch {
             seq: self.next_seq,
