@@ -358,6 +358,15 @@ pub fn markdown(run: &Run, lock: &str) -> (String, String) {
             None,
         ),
         ratio_row(
+            "Durable sends during a handshake flood (10× the session rate, 10 source addresses) — OK/s",
+            &f.s("relay_flood", "send_per_sec"),
+            &f.s("relay_noflood", "send_per_sec"),
+            "the same sends to the same relay without the flood, OK/s",
+            "/s",
+            Target::AtLeast(0.8, "≥ 0.8×"),
+            None,
+        ),
+        ratio_row(
             "Envelope AEAD (ChaCha20-Poly1305, aws-lc), 16 KiB seals — MB/s",
             &run.series("raw_aead", "bytes_per_sec", 1e-6),
             &run.series("openssl_aead", "bytes_per_sec", 1e-6),
@@ -755,6 +764,17 @@ fn bounds(run: &Run, f: &Figures) -> String {
     )));
 
     out.push_str(&bullet(&format!(
+        "**Handshake flood**: {} Initials/s reached the relay, and it answered {} of them, per run, with a \
+         stateless Retry (its default `retry_above_handshakes_per_sec` is 500); established senders kept {} \
+         OK/s against {} without the flood. What they lose is CPU: the flood's packets are decrypted and \
+         answered on the same two cores, and the generator shares them too.",
+        fmt(f.m("flood", "initials_per_sec"), ""),
+        fmt(f.m("flood", "relay_retries"), ""),
+        fmt(f.m("relay_flood", "send_per_sec"), ""),
+        fmt(f.m("relay_noflood", "send_per_sec"), ""),
+    )));
+
+    out.push_str(&bullet(&format!(
         "**AEAD**: aws-lc's ChaCha20-Poly1305 ({}) against OpenSSL's ({}), which has AVX-512 code paths \
          that aws-lc lacks; on CPUs with AVX-512 the row follows the CPU, not the relay. RustCrypto's \
          portable code, `hpke`'s default: {}.",
@@ -837,6 +857,14 @@ fn scenarios(run: &Run) -> String {
              loop; against `raw-quinn` making the same QUIC/TLS handshake (aws-lc-rs, X25519MLKEM768 only, \
              pinned self-signed ECDSA certificate, no resumption) without Noise.",
             m("HS_CONC")
+        ),
+        format!(
+            "**Handshake flood**: a relay with the default admission limits (other rows put the per-source \
+             and Retry limits out of the way); `chappe bench --mode offline {}` alone, then again while \
+             `handshake-flood --factor 10` sends the first Initial of fresh QUIC connection attempts (made \
+             beforehand by quinn-proto with the client's TLS policy, never continued) at ten times the \
+             round's session rate, paced, from 127.0.0.10–19.",
+            m("S_DURABLE")
         ),
         "**AEAD**: `raw-aead --size 16384` (aws-lc, what the client seals envelopes with) against `openssl \
          speed -evp chacha20-poly1305 -bytes 16384`."
