@@ -328,7 +328,13 @@ impl Config {
                 1,
                 65_536,
             )?,
-            delivery_window: range("limits.delivery_window", l.delivery_window, 256, 1, 65_536)?,
+            delivery_window: range(
+                "limits.delivery_window",
+                l.delivery_window,
+                256,
+                1,
+                MAX_DELIVERY_WINDOW,
+            )?,
             shutdown_grace: Duration::from_secs(range(
                 "limits.shutdown_grace_secs",
                 l.shutdown_grace_secs,
@@ -479,6 +485,28 @@ impl Config {
     }
 }
 
+/// The largest `limits.delivery_window`.
+///
+/// An owner that acknowledges each envelope in an `Ack` of its own, as
+/// `chappe recv` does, writes [`ONE_ACK_LEN`] bytes per delivered envelope;
+/// a whole window of those (4,096 × 47 = 188 KiB) fits in the relay's
+/// stream receive window ([`crate::endpoint::RECEIVE_WINDOW`], 256.5 KiB),
+/// so such an owner can acknowledge everything it was given without ever
+/// waiting for the relay to read. The owner session also never stops
+/// reading for a slow reader (`session::owner`); the cap keeps the
+/// guarantee from resting on that alone, and bounds what one subscription
+/// may have in flight (4,096 envelopes of up to 64 KiB).
+pub const MAX_DELIVERY_WINDOW: u32 = 4096;
+
+/// An `Ack` frame naming one sequence number: header, mailbox id, count,
+/// the number.
+const ONE_ACK_LEN: usize = chappe_proto::frame::HEADER_LEN + 32 + 2 + 8;
+
+const _: () = assert!(
+    MAX_DELIVERY_WINDOW as usize * ONE_ACK_LEN <= crate::endpoint::RECEIVE_WINDOW as usize,
+    "a full delivery window of single acks must fit in the stream receive window"
+);
+
 /// The client's keep-alive interval
 /// (`chappe_client::transport::KEEP_ALIVE`); an idle timeout must leave
 /// room for it.
@@ -592,6 +620,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("log.level"), "{e}");
+    }
+
+    #[test]
+    fn delivery_window_is_capped() {
+        let at = |w: u32| {
+            Config::from_toml(
+                &format!("[limits]\ndelivery_window = {w}"),
+                None,
+                &Overrides::default(),
+            )
+        };
+        assert_eq!(
+            at(MAX_DELIVERY_WINDOW).unwrap().limits.delivery_window,
+            MAX_DELIVERY_WINDOW
+        );
+        let e = at(MAX_DELIVERY_WINDOW + 1).unwrap_err().to_string();
+        assert!(e.contains("limits.delivery_window"), "{e}");
+        assert!(e.contains("1..=4096"), "{e}");
     }
 
     /// Settings that would switch a protection off are refused with the key

@@ -115,7 +115,7 @@ const QUIC_V1: u32 = 1;
 /// without waiting a round trip for each, while 20,000 connections that
 /// stop being read hold at most 5 GiB between them, not quinn's
 /// 1.25 MB per stream and unbounded per connection.
-const RECEIVE_WINDOW: u32 = 4 * chappe_proto::frame::MAX_FRAME_LEN as u32;
+pub(crate) const RECEIVE_WINDOW: u32 = 4 * chappe_proto::frame::MAX_FRAME_LEN as u32;
 /// What the relay keeps sent and unacknowledged towards one peer: eight
 /// frames, enough for an owner's catch-up to stream at full speed, against
 /// quinn's default of 10 MB per connection.

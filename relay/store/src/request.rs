@@ -57,6 +57,10 @@ pub(crate) enum Msg {
 pub(crate) struct Request {
     pub op: Op,
     pub reply: Reply,
+    /// The queue slot the request holds, if it needs one
+    /// ([`crate::store::ACK_SLOTS`]); given back when the writer drops the
+    /// request, once it has decided it.
+    pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 pub(crate) enum Op {

@@ -12,7 +12,7 @@ use chappe_proto::envelope::check_len;
 use chappe_proto::frame::MAX_LIST;
 use chappe_proto::{DeliveryToken, OwnerKey, ReceiveId, SendId, TokenDigest};
 use redb::Database;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::answers::{Answers, Sink};
 use crate::applier::{Applier, Shared, Unit};
@@ -45,6 +45,8 @@ struct Inner {
     /// The directory holding the files, for free-space readings.
     dir: std::path::PathBuf,
     tx: mpsc::Sender<Msg>,
+    /// The writer's queue slots for acknowledgements: see [`ACK_SLOTS`].
+    slots: Arc<Semaphore>,
     closing: AtomicBool,
     shared: Arc<Shared>,
     clock: Clock,
@@ -75,6 +77,25 @@ impl Drop for Inner {
         }
     }
 }
+
+/// Acknowledgements that may wait for the writer at once, relay-wide.
+///
+/// An ack is the one request a session hands over without waiting for its
+/// answer before it reads on, so without a bound a peer streaming `Ack`
+/// frames grows the writer's queue as fast as it can write. The writer's
+/// channel is a std one (the writer thread blocks on it), so the bound
+/// lives here: [`Store::ack`] first waits for a slot, which the request
+/// carries and the writer gives back once it has decided it. A caller that
+/// finds the slots taken waits without holding a tokio worker, and the
+/// session waiting on it stops reading, so QUIC flow control holds the
+/// flooding peer back. Full slots hold at most 8 MiB of sequence numbers
+/// (1,024 per ack), and one full batch (`StoreConfig::max_batch`, 1,024 by
+/// default) fits, so the bound never shortens a batch.
+///
+/// Everything else is bounded before it gets here: a send by the relay's
+/// send limits (per connection and relay-wide), and a mailbox request by
+/// its session, which waits for the answer before it reads the next frame.
+pub const ACK_SLOTS: usize = 1024;
 
 /// A request handed to the writer, whose answer has not come yet.
 ///
@@ -159,6 +180,7 @@ impl Store {
             );
         }
         let mut journal = journal;
+        let journal_ring = journal.ring();
         journal.set_head(head);
         journal.set_faults(cfg.faults.clone());
         let dir = match cfg.path.parent() {
@@ -181,11 +203,13 @@ impl Store {
             totals: applier.totals(),
             failed: false,
         };
+        applier.watch_space(dir.clone(), crate::disk::floor_for(journal_ring));
         let spawn = |name: &str| std::thread::Builder::new().name(name.into());
         let applier = spawn("chappe-apply")
             .spawn(move || applier.run())
             .map_err(|e| StoreError::Spawn(Arc::new(e)))?;
         let (tx, rx) = mpsc::channel();
+        let slots = Arc::new(Semaphore::new(ACK_SLOTS));
         let writer = spawn("chappe-store")
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Spawn(Arc::new(e)))?;
@@ -194,6 +218,7 @@ impl Store {
                 db,
                 dir,
                 tx,
+                slots,
                 closing: AtomicBool::new(false),
                 shared,
                 clock,
@@ -208,8 +233,21 @@ impl Store {
         op: Op,
         reply: impl FnOnce(oneshot::Sender<Result<T, RequestError>>) -> Reply,
     ) -> Pending<T> {
+        self.submit_in(None, op, reply)
+    }
+
+    fn submit_in<T>(
+        &self,
+        slot: Option<OwnedSemaphorePermit>,
+        op: Op,
+        reply: impl FnOnce(oneshot::Sender<Result<T, RequestError>>) -> Reply,
+    ) -> Pending<T> {
         let (tx, rx) = oneshot::channel();
-        match self.queue(op, reply(tx)) {
+        match self.queue(Request {
+            op,
+            reply: reply(tx),
+            slot,
+        }) {
             Ok(()) => Pending(Ok(rx)),
             Err(e) => Pending(Err(e)),
         }
@@ -218,13 +256,13 @@ impl Store {
     /// Hands a request to the writer. `ShuttingDown` once the store is
     /// closing or the writer has stopped; the request is then dropped with
     /// its reply (a [`Sink`] answers `ShuttingDown` when dropped).
-    fn queue(&self, op: Op, reply: Reply) -> Result<(), RequestError> {
+    fn queue(&self, req: Request) -> Result<(), RequestError> {
         if self.inner.closing.load(Ordering::Acquire) {
             return Err(RequestError::ShuttingDown);
         }
         self.inner
             .tx
-            .send(Msg::Request(Request { op, reply }))
+            .send(Msg::Request(req))
             .map_err(|_| RequestError::ShuttingDown)
     }
 
@@ -347,7 +385,11 @@ impl Store {
         let sink = Sink::new(answers, tag, ciphertext.clone());
         match enqueue_op(send, token, ciphertext) {
             // Not queued: the sink, dropped with the request, answers.
-            Ok(op) => drop(self.queue(op, Reply::Sink(sink))),
+            Ok(op) => drop(self.queue(Request {
+                op,
+                reply: Reply::Sink(sink),
+                slot: None,
+            })),
             Err(e) => sink.send(Err(e)),
         }
     }
@@ -375,17 +417,54 @@ impl Store {
         reads::fetch(&self.inner.db, &self.inner.shared.memtable, &args)
     }
 
+    /// [`Store::fetch`] on tokio's blocking pool, for async callers: a read
+    /// may wait on the disk (a cold mailbox) and copies up to `max_bytes`,
+    /// which on an async worker would stall every other task on it, from
+    /// handshakes to the answers of sends.
+    pub async fn fetch_async(
+        &self,
+        owner: OwnerKey,
+        id: ReceiveId,
+        from_seq: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredEnvelope>, RequestError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.fetch(owner, id, from_seq, max_count, max_bytes))
+            .await
+            .unwrap_or_else(|_| {
+                Err(RequestError::internal(StoreError::Invariant(
+                    "a store read ended without an answer",
+                )))
+            })
+    }
+
     /// Deletes the given envelopes (at most 1024). Unknown or already
     /// deleted sequence numbers are ignored, so a repeated ack is harmless.
+    /// Waits first for one of the [`ACK_SLOTS`].
     pub async fn ack(
         &self,
         owner: OwnerKey,
         id: ReceiveId,
         seqs: Vec<u64>,
     ) -> Result<(), RequestError> {
-        self.submit_ack(owner, id, seqs).wait().await
+        if seqs.len() > MAX_LIST {
+            return Err(RequestError::BadRequest("too many sequence numbers"));
+        }
+        let slot = self
+            .inner
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| RequestError::ShuttingDown)?;
+        self.submit_in(Some(slot), Op::Ack { owner, id, seqs }, Reply::Unit)
+            .wait()
+            .await
     }
 
+    /// [`Store::ack`] without a slot, for tests that queue many at once.
+    #[cfg(test)]
     pub(crate) fn submit_ack(&self, owner: OwnerKey, id: ReceiveId, seqs: Vec<u64>) -> Pending<()> {
         if seqs.len() > MAX_LIST {
             return Pending(Err(RequestError::BadRequest("too many sequence numbers")));
@@ -430,6 +509,7 @@ impl Store {
             let msg = Msg::Request(Request {
                 op: Op::Sweep,
                 reply: Reply::Swept(tx),
+                slot: None,
             });
             if self.inner.tx.send(msg).is_err() {
                 return Err(StoreError::WriterStopped);

@@ -380,6 +380,27 @@ impl Raw {
         raw
     }
 
+    /// Completes a mailbox-owner (XK) handshake by hand with `key`.
+    pub async fn owner(desc: &Descriptor, key: &chappe_proto::noise::Keypair) -> Raw {
+        use chappe_proto::noise::{Hello, Mode, OwnerInitiator, wire};
+        let mut raw = Raw::connect(desc).await;
+        let (init, m1) =
+            OwnerInitiator::start(key, &desc.relay_key, &raw.exporter, &Hello::default()).unwrap();
+        let mut first = vec![Mode::Owner as u8];
+        first.extend(wire::encode_message(&m1));
+        raw.send.write_all(&first).await.unwrap();
+        let mut len = [0u8; 2];
+        raw.recv.read_exact(&mut len).await.unwrap();
+        let mut m2 = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        raw.recv.read_exact(&mut m2).await.unwrap();
+        let (m3, _) = init.finish(&m2).unwrap();
+        raw.send
+            .write_all(&wire::encode_message(&m3))
+            .await
+            .unwrap();
+        raw
+    }
+
     /// Waits for the relay to close the connection; returns its close code.
     pub async fn close_code(&self) -> Option<u32> {
         let closed = tokio::time::timeout(Duration::from_secs(10), self.conn.closed())

@@ -87,8 +87,11 @@ impl FrameReader {
 /// A plain queue under a lock with two bells (one for the writer, one for
 /// a producer waiting for room), not a tokio channel: a channel holds its
 /// first block of slots for the session's whole life, and most sessions
-/// are idle. Dropping the outbox lets the writer finish the stream once it
-/// has written what is queued.
+/// are idle. Pushing never waits: a session that waited here for a slow
+/// peer would stop reading that peer's frames, and a peer that waits to
+/// write before it reads again would then wait for ever. Dropping the
+/// outbox lets the writer finish the stream once it has written what is
+/// queued.
 pub struct Outbox(Arc<Queue>);
 
 #[derive(Default)]
@@ -114,29 +117,36 @@ impl Queue {
 }
 
 impl Outbox {
-    /// Queues a frame; `Err` once the writer is gone (the stream failed).
-    /// Waits only while [`OUTBOX_DEPTH`] frames are already queued.
-    pub async fn send(&self, frame: Frame) -> Result<(), WriterGone> {
-        let mut frame = Some(frame);
-        loop {
-            {
-                let mut s = self.0.lock();
-                if s.gone {
-                    return Err(WriterGone);
-                }
-                if s.frames.len() < OUTBOX_DEPTH
-                    && let Some(f) = frame.take()
-                {
-                    s.frames.push_back(f);
-                    drop(s);
-                    self.0.rung.notify_one();
-                    return Ok(());
-                }
-            }
-            // Boxed: only a full queue waits, and the wait's state should
-            // not size every session's future.
-            Box::pin(self.0.room.notified()).await;
+    /// Queues a frame, whatever is queued already; `Err` once the writer
+    /// is gone (the stream failed). Never waits, so the session keeps
+    /// reading while the peer is slow to read: the session bounds what it
+    /// queues itself (deliveries while [`Outbox::has_room`], one answer
+    /// per request it reads).
+    pub fn push(&self, frame: Frame) -> Result<(), WriterGone> {
+        let mut s = self.0.lock();
+        if s.gone {
+            return Err(WriterGone);
         }
+        s.frames.push_back(frame);
+        drop(s);
+        self.0.rung.notify_one();
+        Ok(())
+    }
+
+    /// Frames queued and not yet taken by the writer.
+    pub fn queued(&self) -> usize {
+        self.0.lock().frames.len()
+    }
+
+    /// Fewer than [`OUTBOX_DEPTH`] frames are queued.
+    pub fn has_room(&self) -> bool {
+        self.queued() < OUTBOX_DEPTH
+    }
+
+    /// Resolves once the writer has taken frames (or stopped) since the
+    /// last call; a producer that found no room waits here.
+    pub async fn room(&self) {
+        self.0.room.notified().await;
     }
 }
 
@@ -150,7 +160,8 @@ impl Drop for Outbox {
 #[derive(Debug)]
 pub struct WriterGone;
 
-/// Frames that may wait in an outbox before producers block.
+/// Frames that may wait in an outbox before a session stops queueing
+/// deliveries.
 pub const OUTBOX_DEPTH: usize = 512;
 /// How long a finished stream may take to be acknowledged by the peer.
 const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
