@@ -206,17 +206,22 @@ impl Gate {
 
     fn admit(&mut self, relay: &Relay, incoming: &quinn::Incoming, now: Instant) -> Admit {
         let limits = relay.limits();
-        let turned = self
-            .retry
-            .observe(now, limits.retry_above_handshakes_per_sec);
+        // A validated address has answered a Retry: it is the sender's own,
+        // and the second leg of an attempt already counted.
+        let validated = incoming.remote_address_validated();
+        let per_sec = limits.retry_above_handshakes_per_sec;
+        let turned = if validated {
+            self.retry.tick(now, per_sec)
+        } else {
+            self.retry.observe(now, per_sec)
+        };
         self.show(relay, turned, &limits);
-        // A validated address has answered a Retry: it is the sender's own.
-        if self.retry.is_on() && !incoming.remote_address_validated() {
+        if self.retry.is_on() && !validated {
             return Admit::Retry;
         }
         // Only attempts that get a handshake are charged, so answering a
         // Retry does not cost a client twice.
-        let source = incoming.remote_address().ip().to_canonical();
+        let source = source(incoming.remote_address().ip());
         let rate = limits.handshakes_per_source_per_sec;
         if !self.handshakes.take(source, now, rate, rate) {
             return Admit::Refuse("handshakes_per_source_per_sec");
@@ -259,6 +264,19 @@ impl Gate {
             }
             Turned::Same => {}
         }
+    }
+}
+
+/// What the per-source limits count as one source: an IPv4 address, or an
+/// IPv6 /64 (one host or LAN is usually given a whole /64, so counting
+/// single IPv6 addresses would give one attacker 2⁶⁴ allowances).
+fn source(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !u128::from(u64::MAX);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
     }
 }
 
@@ -325,4 +343,23 @@ pub async fn serve(endpoint: quinn::Endpoint, relay: Arc<Relay>, mut probes: Pro
         chappe_proto::CloseCode::ShuttingDown.reason().as_bytes(),
     );
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_is_an_ipv4_address_or_an_ipv6_64() {
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(source(v4), v4);
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(source(mapped), v4);
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source(a), source(b));
+        assert_ne!(source(a), source(c));
+        assert_eq!(source(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+    }
 }

@@ -32,16 +32,22 @@ fn relay_with(dir: &std::path::Path, limits: &str) -> Relay {
 
 /// A QUIC connection from `source` (a loopback address) to the relay, on
 /// a fresh endpoint, with the client's own TLS policy.
+/// `window`, if given, is the stream receive window the client offers.
 async fn connect_from(
     desc: &Descriptor,
     source: [u8; 4],
+    window: Option<u32>,
 ) -> Result<(quinn::Endpoint, quinn::Connection), String> {
     let mut endpoint =
         quinn::Endpoint::client(SocketAddr::from((source, 0))).map_err(|e| e.to_string())?;
-    endpoint.set_default_client_config(
-        client_config(desc, Role::Owner, chappe_proto::tls::crypto_provider())
-            .map_err(|e| e.to_string())?,
-    );
+    let mut cfg = client_config(desc, Role::Owner, chappe_proto::tls::crypto_provider())
+        .map_err(|e| e.to_string())?;
+    if let Some(w) = window {
+        let mut t = quinn::TransportConfig::default();
+        t.stream_receive_window(w.into());
+        cfg.transport_config(Arc::new(t));
+    }
+    endpoint.set_default_client_config(cfg);
     let fp = desc.tls_fingerprint.ok_or("no fingerprint")?;
     let addr = chappe_client::transport::resolve(desc).map_err(|e| e.to_string())?;
     let conn = endpoint
@@ -62,7 +68,15 @@ struct RawSender {
 
 impl RawSender {
     async fn open(desc: &Descriptor, source: [u8; 4]) -> Result<RawSender, String> {
-        let (endpoint, conn) = connect_from(desc, source).await?;
+        RawSender::open_with(desc, source, None).await
+    }
+
+    async fn open_with(
+        desc: &Descriptor,
+        source: [u8; 4],
+        window: Option<u32>,
+    ) -> Result<RawSender, String> {
+        let (endpoint, conn) = connect_from(desc, source, window).await?;
         let mut exporter = [0u8; 32];
         conn.export_keying_material(&mut exporter, chappe_proto::noise::EXPORTER_LABEL, b"")
             .map_err(|_| "exporter")?;
@@ -494,6 +508,123 @@ async fn a_handshake_flood_turns_retry_on_and_sends_go_on() {
     );
     let late = Sender::connect(&desc).await.unwrap();
     late.send(send_id, token, Bytes::from(vec![4u8; 1024]))
+        .await
+        .unwrap();
+}
+
+/// One owner key holds at most `max_sessions_per_owner` sessions: a
+/// further one is closed `Overloaded` right after its handshake, and a
+/// place freed is a place taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_per_owner_key_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay_with(dir.path(), "max_sessions_per_owner = 2");
+    let desc = relay.descriptor();
+    let key = Keypair::generate();
+    let first = OwnerSession::connect(&desc, &key).await.unwrap();
+    let second = OwnerSession::connect(&desc, &key).await.unwrap();
+    // Another owner key is not affected.
+    let other = OwnerSession::connect(&desc, &Keypair::generate())
+        .await
+        .unwrap();
+    other.list_mailboxes().await.unwrap();
+    let third = OwnerSession::connect(&desc, &key).await.unwrap();
+    assert!(third.list_mailboxes().await.is_err());
+    assert_eq!(third.close_code(), Some(CloseCode::Overloaded));
+    assert_eq!(
+        relay.metric("chappe_connections_refused_total{reason=\"max_sessions_per_owner\"}"),
+        Some(1.0)
+    );
+    second.list_mailboxes().await.unwrap();
+    first.close().await;
+    assert!(wait_until(Duration::from_secs(10), || {
+        relay.metric("chappe_connections_active{mode=\"owner\"}") == Some(2.0)
+    }));
+    let again = OwnerSession::connect(&desc, &key).await.unwrap();
+    again.list_mailboxes().await.unwrap();
+}
+
+/// The relay-wide budget of unanswered send bytes, at its smallest (one
+/// largest frame). A sender whose 64 KiB send is read but whose result
+/// cannot be written (it offers a 128-byte receive window and does not
+/// read) holds the whole budget: another sender's 64 KiB send is then
+/// answered `rate_limited` within a moment, not parked. Once the first
+/// reads its results, the budget is back and the other's send goes
+/// through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_send_budget_refuses_rather_than_buffers_and_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay_with(dir.path(), "max_inflight_send_bytes = 65664");
+    let desc = relay.descriptor();
+    let owner = OwnerSession::connect(&desc, &Keypair::generate())
+        .await
+        .unwrap();
+    let token = DeliveryToken::random();
+    let (_mailbox, send_id) = owner.create_mailbox(&[token]).await.unwrap();
+
+    let mut stuck = RawSender::open_with(&desc, [127, 0, 0, 1], Some(128))
+        .await
+        .unwrap();
+    // 100 sends of a length that is no bucket (answered at once, 1,000
+    // bytes of results: more than the window), then one real 64 KiB send.
+    let mut frames = Vec::new();
+    for req in 0..100u32 {
+        let f = Frame::Send {
+            req,
+            send_id,
+            token,
+            ciphertext: Bytes::from_static(&[0]),
+        };
+        frames.extend_from_slice(&f.encode());
+    }
+    let big = Frame::Send {
+        req: 100,
+        send_id,
+        token,
+        ciphertext: Bytes::from(vec![6u8; 64 * 1024]),
+    };
+    frames.extend_from_slice(&big.encode());
+    stuck.send.write_all(&frames).await.unwrap();
+    // The relay has read it all once its stream window reopened for more.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let other = Sender::connect(&desc).await.unwrap();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        other.send(send_id, token, Bytes::from(vec![7u8; 64 * 1024])),
+    )
+    .await
+    .expect("the send was parked instead of refused")
+    .unwrap_err();
+    assert_eq!(refused.code(), Some(ResultCode::RateLimited), "{refused}");
+    assert_eq!(
+        relay.metric("chappe_sends_limited_total{limit=\"max_inflight_send_bytes\"}"),
+        Some(1.0)
+    );
+
+    // The stuck sender reads its 101 results; the last is its 64 KiB OK.
+    let mut buf = BytesMut::new();
+    let mut codes = Vec::new();
+    while codes.len() < 101 {
+        while let Some(f) = Frame::decode(&mut buf).unwrap() {
+            if let Frame::Result { req, code } = f {
+                codes.push((req, code));
+            }
+        }
+        if codes.len() < 101 {
+            let chunk =
+                tokio::time::timeout(Duration::from_secs(10), stuck.recv.read_chunk(4096, true))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+            buf.extend_from_slice(&chunk.bytes);
+        }
+    }
+    assert_eq!(codes.last(), Some(&(100, ResultCode::Ok)));
+    // The budget is whole again.
+    other
+        .send(send_id, token, Bytes::from(vec![8u8; 64 * 1024]))
         .await
         .unwrap();
 }
