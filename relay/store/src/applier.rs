@@ -247,6 +247,10 @@ pub(crate) struct Applier {
     /// ...down to this many.
     low: u64,
     failed: bool,
+    /// The directory holding the store, and the free space a checkpoint
+    /// needs there (`crate::disk::floor_for`).
+    dir: std::path::PathBuf,
+    floor: u64,
 }
 
 impl Applier {
@@ -268,7 +272,16 @@ impl Applier {
             high: ring / 4,
             low: ring / 8,
             failed: false,
+            dir: ".".into(),
+            floor: 0,
         }
+    }
+
+    /// Makes every running checkpoint first look for `floor` bytes free in
+    /// `dir`; without it (recovery at open) it does not look.
+    pub(crate) fn watch_space(&mut self, dir: std::path::PathBuf, floor: u64) {
+        self.dir = dir;
+        self.floor = floor;
     }
 
     /// Journal bytes in the window.
@@ -387,9 +400,6 @@ impl Applier {
                 }
                 break;
             }
-            if full && self.shared.counters.read_only() == Some(ReadOnly::NoSpace) {
-                continue;
-            }
             let now = Instant::now();
             let n = if all {
                 self.window.len()
@@ -404,12 +414,31 @@ impl Applier {
                 0
             };
             if n > 0 || !self.barriers.is_empty() {
+                if !self.has_room() {
+                    continue;
+                }
                 self.apply(n, false);
                 last = Instant::now();
                 idle = false;
             }
         }
         tracing::debug!("store applier stopped");
+    }
+
+    /// Whether there is room for a checkpoint: free space above the
+    /// store's floor, read now (one `statvfs`, at most once a commit), not
+    /// from the writer's cached reading, because the disk may have filled
+    /// since. A failed reading counts as room: a broken check must not
+    /// stop the store (the commit itself still fails if the disk is full).
+    /// A full disk is published at once; only the writer clears it (its
+    /// reading decides what it accepts, so the flag and its refusals never
+    /// disagree).
+    fn has_room(&self) -> bool {
+        let room = crate::disk::free_bytes(&self.dir).map_or(true, |free| free >= self.floor);
+        if !room {
+            self.shared.counters.set_no_space(true);
+        }
+        room
     }
 
     /// Whether the first `n` units hold anything redb must write.

@@ -180,6 +180,7 @@ impl Store {
             );
         }
         let mut journal = journal;
+        let journal_ring = journal.ring();
         journal.set_head(head);
         journal.set_faults(cfg.faults.clone());
         let dir = match cfg.path.parent() {
@@ -202,6 +203,7 @@ impl Store {
             totals: applier.totals(),
             failed: false,
         };
+        applier.watch_space(dir.clone(), crate::disk::floor_for(journal_ring));
         let spawn = |name: &str| std::thread::Builder::new().name(name.into());
         let applier = spawn("chappe-apply")
             .spawn(move || applier.run())

@@ -25,9 +25,10 @@
 //! Before each batch the writer looks at free space (cached, see
 //! `crate::disk`): below the store's floor it refuses every request that
 //! writes with `RelayFull`, decides nothing, and so never has a batch fail
-//! for want of space; reads and pings are answered as usual. It looks
-//! again at least every [`NO_SPACE_RECHECK`], requests or not, and takes
-//! writes again once there is room.
+//! for want of space; reads and pings are answered as usual. It looks at
+//! least every [`SPACE_WATCH`], requests or not, and takes writes again
+//! once there is room. (The applier looks again right before each
+//! checkpoint: the disk may have filled since.)
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -63,8 +64,10 @@ const SWEEP_SLICE: usize = 4096;
 const SWEEP_AGAIN: Duration = Duration::from_secs(1);
 /// Journal bytes a removed sequence number may take, for sizing batches.
 const REMOVE_COST: usize = 48;
-/// How often a writer whose disk is full looks whether space came back.
-const NO_SPACE_RECHECK: Duration = Duration::from_millis(500);
+/// How often the writer looks at free space when no request comes: a
+/// disk filled by something else turns the store read-only (and
+/// `/readyz` 503) within this, and a freed one writable again.
+const SPACE_WATCH: Duration = Duration::from_millis(500);
 
 pub(crate) struct Writer {
     pub db: Arc<Database>,
@@ -125,10 +128,9 @@ impl Writer {
         let mut carry: Option<Msg> = None;
         let stop = loop {
             let full = self.check_space();
-            let mut wait = next_sweep.saturating_duration_since(Instant::now());
-            if full {
-                wait = wait.min(NO_SPACE_RECHECK);
-            }
+            let wait = next_sweep
+                .saturating_duration_since(Instant::now())
+                .min(SPACE_WATCH);
             let mut batch = Vec::new();
             let mut cost = 0usize;
             let mut after = After::Continue;
