@@ -410,3 +410,36 @@ async fn acked_runs_leave_their_neighbours_in_redb() {
     assert_eq!(f.store.stats().envelopes, 31);
     f.assert_consistent().await;
 }
+
+/// An ack names numbers at or above the mailbox's next one only if made
+/// up: they are dropped before any lookup, judged against the writer's own
+/// view, so a number assigned earlier in the same batch is still deleted
+/// and one assigned later in the batch is not.
+#[tokio::test]
+async fn acks_for_numbers_not_yet_assigned_are_dropped() {
+    let f = Fixture::new(|_| {});
+    let m = mailbox(&f.store, OwnerKey::random()).await;
+    let (owner, id) = (m.owner, m.info.receive_id);
+    f.store
+        .enqueue(m.info.send_id, m.token, ct(1024))
+        .await
+        .unwrap();
+    let gate = f.store.hold();
+    let second = f.store.submit_enqueue(m.info.send_id, &m.token, ct(1024));
+    // 2 was assigned just above in this batch; 3 is assigned just below.
+    let ack = f.store.submit_ack(owner, id, vec![2, 3, u64::MAX]);
+    let third = f.store.submit_enqueue(m.info.send_id, &m.token, ct(1024));
+    drop(gate);
+    assert_eq!(second.wait().await.unwrap().seq, 2);
+    ack.wait().await.unwrap();
+    assert_eq!(third.wait().await.unwrap().seq, 3);
+    let left: Vec<u64> = f
+        .store
+        .fetch(owner, id, 0, 100, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(left, [1, 3]);
+    f.assert_consistent().await;
+}
