@@ -314,3 +314,88 @@ async fn a_full_window_of_a_long_backlog_is_received() {
         || relay.metric("chappe_store_envelopes") == Some(0.0)
     ));
 }
+
+/// An owner that sends requests and reads none of the answers: once the
+/// answers fill the stream, the relay's send window and its outbox, the
+/// session stops reading and QUIC flow control stalls the client, with the
+/// relay's memory bounded. When the client then reads, the session reads
+/// on, and every request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_reads_no_answers_is_held_back_then_served() {
+    const BATCH: u32 = 1000;
+    const BATCHES: u32 = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(dir.path());
+    let desc = relay.descriptor();
+    let raw = Raw::owner(&desc, &Keypair::generate()).await;
+    let Raw {
+        mut send,
+        mut recv,
+        endpoint,
+        conn,
+        ..
+    } = raw;
+    let rss_before = relay.rss_kib();
+    // A mailbox with no tokens is refused before the store: a cheap
+    // request with a 10-byte answer.
+    let mut batch = Vec::new();
+    for req in 0..BATCH {
+        let f = Frame::CreateMailbox {
+            req,
+            tokens: Vec::new(),
+        };
+        batch.extend_from_slice(&f.encode());
+    }
+    let written = Arc::new(AtomicU64::new(0));
+    let w = written.clone();
+    let writer = tokio::spawn(async move {
+        for _ in 0..BATCHES {
+            send.write_all(&batch).await.unwrap();
+            w.fetch_add(u64::from(BATCH), Ordering::Relaxed);
+        }
+        send.finish().unwrap();
+        send
+    });
+    // Wait until the writes stall: no progress for two seconds.
+    let mut last = 0;
+    let stalled = loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = written.load(Ordering::Relaxed);
+        if now == last {
+            break now < u64::from(BATCH * BATCHES);
+        }
+        last = now;
+    };
+    let rss_held = relay.rss_kib();
+    eprintln!(
+        "unread answers: the relay stopped reading after {last} requests; RSS {rss_before} KiB \
+         -> {rss_held} KiB"
+    );
+    assert!(
+        stalled,
+        "the relay read {} requests whose answers nobody read",
+        BATCH * BATCHES
+    );
+    assert!(
+        rss_held < rss_before + RSS_GROWTH_CEILING_KIB,
+        "relay grew from {rss_before} KiB to {rss_held} KiB"
+    );
+    // Now read: the session reads on, and answers every request.
+    let mut inbound = Inbound::new();
+    let mut answered = 0u64;
+    while answered < u64::from(BATCH * BATCHES) {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), recv.read_chunk(65536, true))
+            .await
+            .unwrap_or_else(|_| panic!("stuck after {answered} answers"))
+            .unwrap()
+            .expect("the relay ended the stream early");
+        inbound.extend(&chunk.bytes);
+        while let Some(f) = inbound.take_frame().unwrap() {
+            assert!(matches!(f, Frame::Result { .. }), "{f:?}");
+            answered += 1;
+        }
+    }
+    let _send = writer.await.unwrap();
+    drop((conn, endpoint));
+    assert!(relay.is_running(), "relay died");
+}

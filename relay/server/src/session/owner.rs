@@ -95,9 +95,10 @@ pub async fn run(
     let result = loop {
         // Frames are read unless the session holds as many acks or answers
         // as it may; never because the peer is slow to read.
-        let read = owner.acks.may_read() && owner.outbox.queued() < OUTBOX_LIMIT;
-        // A catch-up waiting for the outbox to drain.
-        let want_room = owner.behind() && !owner.outbox.has_room();
+        let answers_unread = owner.outbox.queued() >= OUTBOX_LIMIT;
+        let read = owner.acks.may_read() && !answers_unread;
+        // A catch-up, or the reading, waiting for the outbox to drain.
+        let want_room = answers_unread || (owner.behind() && !owner.outbox.has_room());
         tokio::select! {
             f = reader.next_frame(), if read => match f {
                 Ok(Some(frame)) => {
