@@ -33,7 +33,8 @@ async fn crash_while_sending(sigterm: bool, owner_online: bool) {
     let dir = tempfile::tempdir().unwrap();
     let args = config_args(
         dir.path(),
-        "[limits]\nmax_envelopes_per_mailbox = 10000000\nmax_bytes_per_mailbox = 100000000000\n",
+        // Eight senders to one mailbox: its send rate out of the way too.
+        "[limits]\nmax_envelopes_per_mailbox = 10000000\nmax_bytes_per_mailbox = 100000000000\nsends_per_send_id_per_sec = 1000000000\n",
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut relay = Relay::start_with(dir.path(), &args);
