@@ -1,15 +1,19 @@
 //! A full disk under the running relay, on a real file system: a small
 //! tmpfs this test mounts as the state directory and fills. The relay
-//! turns read-only (sends and acks refused `relay_full`, `/readyz` 503
+//! turns read-only (sends refused `relay_full`, acks dropped, `/readyz` 503
 //! naming `no_space`, `chappe_store_read_only{reason="no_space"} 1`), still
 //! delivers what it holds, damages nothing it acknowledged, and takes
 //! writes again by itself once space returns; `chappe-relay check` on the
 //! stopped relay then finds nothing wrong.
 //!
-//! Needs root (to mount); without it, or where mounting is not allowed,
-//! the test says SKIP and why. Failed writes other than a full disk (EIO)
-//! are injected in the store's own tests (`relay/store/src/tests/faults.rs`),
-//! through a seam the relay binary does not contain.
+//! A journal damaged on disk in the middle stops the start until the
+//! operator, shown what is lost by `chappe-relay check`, discards it.
+//!
+//! The disk-full test needs root (to mount); without it, or where mounting
+//! is not allowed, it says SKIP and why. Failed writes other than a full
+//! disk (EIO) are injected in the store's own tests
+//! (`relay/store/src/tests/faults.rs`), through a seam the relay binary
+//! does not contain.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -207,4 +211,143 @@ async fn a_full_disk_makes_the_relay_read_only_and_it_recovers_when_space_return
     assert_eq!(bodies, [2, 3, 4]);
     owner.close().await;
     drop(relay);
+}
+
+/// Starts of the batch records in a journal that has not wrapped yet,
+/// read as the format lays them out (header block, then 32-byte record
+/// headers: seq u64, length u32, kind u8, three zeros, a 16-byte MAC).
+fn record_starts(journal: &Path) -> Vec<u64> {
+    let bytes = std::fs::read(journal).unwrap();
+    let ring = &bytes[4096..];
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while pos + 32 <= ring.len() {
+        let h = &ring[pos..pos + 32];
+        let len = u32::from_be_bytes(h[8..12].try_into().unwrap()) as usize;
+        if h[12] != 1 || h[13..16] != [0, 0, 0] {
+            break;
+        }
+        out.push(pos as u64);
+        pos += (32 + len).div_ceil(8) * 8;
+    }
+    out
+}
+
+/// A record in the middle of the journal damaged on disk, with intact
+/// records after it: the relay refuses to start and says so, `check`
+/// reports the damage and what discarding it loses (exit 1), and
+/// `check --discard-damaged-journal` is what lets it start again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_damage_stops_the_start_until_the_operator_discards_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = config_args(
+        dir.path(),
+        "[limits]\nmax_envelopes_per_mailbox = 1000000\nsends_per_send_id_per_sec = 1000000\n",
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut relay = Relay::start_with(dir.path(), &args);
+    let desc = relay.descriptor();
+    let owner_key = Keypair::generate();
+    let owner = OwnerSession::connect(&desc, &owner_key).await.unwrap();
+    let token = DeliveryToken::random();
+    let (mailbox, send_id) = owner.create_mailbox(&[token]).await.unwrap();
+    owner.close().await;
+    // Sends one after the other until the relay is killed: the last 200 ms
+    // of them are in the journal only, one record each.
+    let sender = Sender::connect(&desc).await.unwrap();
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = acked.clone();
+    let load = tokio::spawn(async move {
+        while sender.send(send_id, token, env(7)).await.is_ok() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    relay.kill9();
+    // The sender would notice only at its idle timeout.
+    load.abort();
+    let acked = acked.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(acked > 10, "only {acked} sends before the kill");
+
+    let journal = relay.state.join("store.journal");
+    // One record per send (they were sequential), from the journal's
+    // first position on: it has not wrapped.
+    let starts = record_starts(&journal);
+    assert!(
+        starts.len() >= acked,
+        "{} records, {acked} sends",
+        starts.len()
+    );
+    // A byte of the payload of the third record from the end.
+    let at = 4096 + starts[starts.len() - 3] + 32 + 40;
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&journal)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x01], at).unwrap();
+    }
+
+    let start = relay
+        .admin_cmd(&[
+            "--listen",
+            &format!("127.0.0.1:{}", relay.port),
+            "--metrics-listen",
+            &format!("127.0.0.1:{}", relay.metrics_port),
+            "serve",
+        ])
+        .env("CHAPPE_ALLOW_ROOT", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&start.stderr);
+    assert!(!start.status.success(), "the relay started: {err}");
+    assert!(
+        err.contains("store.journal is damaged at position"),
+        "{err}"
+    );
+    assert!(err.contains("--discard-damaged-journal"), "{err}");
+
+    let check = relay.admin(&["check"]);
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{report}");
+    assert!(report.contains("DAMAGED at position"), "{report}");
+    assert!(report.contains("lost if discarded: 2 records"), "{report}");
+
+    let discard = relay.admin(&["check", "--discard-damaged-journal"]);
+    let out = String::from_utf8_lossy(&discard.stdout);
+    assert!(discard.status.success(), "{out}\n{discard:?}");
+    assert!(out.contains("discarded 2 records"), "{out}");
+    assert!(out.contains("the relay can start"), "{out}");
+
+    relay.restart();
+    let desc = relay.descriptor();
+    let sender = Sender::connect(&desc).await.unwrap();
+    assert_eq!(
+        code(sender.send(send_id, token, env(8)).await),
+        Some(ResultCode::Ok)
+    );
+    let mut owner = OwnerSession::connect(&desc, &owner_key).await.unwrap();
+    owner.subscribe(mailbox).await.unwrap();
+    let mut delivered = 0usize;
+    let mut seqs = Vec::new();
+    while let Ok(Some(d)) =
+        tokio::time::timeout(Duration::from_secs(3), owner.next_delivery()).await
+    {
+        delivered += 1;
+        seqs.push(d.seq);
+        if seqs.len() >= 64 {
+            owner.ack(mailbox, std::mem::take(&mut seqs)).await.unwrap();
+        }
+        if d.ciphertext[0] == 8 {
+            break;
+        }
+    }
+    // Every send but the damaged record's and the two dropped after it,
+    // and the one sent after the start.
+    assert_eq!(delivered, starts.len() - 3 + 1, "{acked} sends answered ok");
+    owner.close().await;
 }
