@@ -262,6 +262,11 @@ async fn journal_damage_stops_the_start_until_the_operator_discards_it() {
             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     });
+    // `check` reads a stopped store only; redb's lock tells it the relay runs.
+    let running = relay.admin(&["check"]);
+    let err = String::from_utf8_lossy(&running.stderr);
+    assert!(!running.status.success(), "{running:?}");
+    assert!(err.contains("is open in a running relay"), "{err}");
     tokio::time::sleep(Duration::from_millis(700)).await;
     relay.kill9();
     // The sender would notice only at its idle timeout.
