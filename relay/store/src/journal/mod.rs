@@ -296,12 +296,12 @@ fn later<R: ReadAt + ?Sized>(
                         next = q + (ring - q % ring);
                     }
                     Kind::Batch => {
+                        next = q + aligned(RECORD_HEADER as u64 + u64::from(h.len));
                         out.records.push(Record {
                             seq: h.seq,
-                            end: q + aligned(RECORD_HEADER as u64 + u64::from(h.len)),
+                            end: next,
                             payload,
                         });
-                        next = q + aligned(RECORD_HEADER as u64 + u64::from(h.len));
                     }
                 }
                 break;
@@ -309,8 +309,8 @@ fn later<R: ReadAt + ?Sized>(
             at += ALIGN;
         }
         if next <= pos {
-            // The header straddled the chunk at its very start: cannot
-            // happen (a chunk is at least one header long), but never spin.
+            // Less than a header left before `until`: nothing can start
+            // there that would fit, but step on rather than spin.
             next = pos + ALIGN;
         }
         pos = next;
