@@ -202,12 +202,10 @@ pub async fn watchdog(relay: Arc<Relay>, probe: AcceptProbe, interval: Duration)
         let store = tokio::time::timeout(budget, relay.store.ping()).await;
         let accept = tokio::time::timeout(budget, probe.check()).await;
         match (store, accept) {
+            // A read-only store (full disk, failed write) still answers the
+            // ping: it is alive, and /readyz already says it is not ready; a
+            // restart would not bring the space or the disk back.
             (Ok(Ok(())), Ok(true)) => notify(&[NotifyState::Watchdog]),
-            // A store that failed a write answers at once, refusing: it is
-            // alive, and /readyz already says it is not ready.
-            (Ok(Err(chappe_store::RequestError::Internal(_))), Ok(true)) => {
-                notify(&[NotifyState::Watchdog])
-            }
             (store, accept) => tracing::error!(
                 store_answered = matches!(store, Ok(Ok(()))),
                 accept_loop_answered = matches!(accept, Ok(true)),
