@@ -109,7 +109,8 @@ async fn online_backup_is_one_instant_and_restores_into_another_relay() {
     let dir = tempfile::tempdir().unwrap();
     let args = config_args(
         dir.path(),
-        "[limits]\nmax_envelopes_per_mailbox = 10000000\nmax_bytes_per_mailbox = 100000000000\n",
+        "[limits]\nmax_envelopes_per_mailbox = 10000000\nmax_bytes_per_mailbox = 100000000000\n\
+         sends_per_send_id_per_sec = 1000000000\n",
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let a_dir = dir.path().join("a");

@@ -75,6 +75,9 @@ struct Ledger {
     retried: HashSet<u64>,
     /// Ids ever sent.
     sent: HashSet<u64>,
+    /// Answers other than OK (a refusal, not a lost connection): none is
+    /// expected, the limits are set out of the way.
+    refused: Vec<String>,
 }
 
 struct Mailbox {
@@ -123,6 +126,10 @@ async fn load(
             Some(Ok((id, Ok(())))) => {
                 state.lock().unwrap().unanswered.remove(&id);
                 ledger.lock().unwrap().acked.insert(id);
+            }
+            Some(Ok((_, Err(e @ chappe_client::ClientError::Refused(_))))) => {
+                ledger.lock().unwrap().refused.push(e.to_string());
+                return;
             }
             // The relay is gone (or refused): stop; what is unanswered
             // stays so and is retried next cycle.
@@ -196,7 +203,10 @@ async fn kill_9_at_random_moments_loses_and_corrupts_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let args = config_args(
         dir.path(),
-        "[limits]\nmax_envelopes_per_mailbox = 10000000\nmax_bytes_per_mailbox = 100000000000\n",
+        // The quotas and each mailbox's send rate out of the way: this is
+        // about what a kill does to sends, not about refusals.
+        "[limits]\nmax_envelopes_per_mailbox = 10000000\nmax_bytes_per_mailbox = 100000000000\n\
+         sends_per_send_id_per_sec = 1000000000\n",
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut relay = Relay::start_with(dir.path(), &args);
@@ -280,6 +290,11 @@ async fn kill_9_at_random_moments_loses_and_corrupts_nothing() {
         ledger.acked.len() as u64 >= u64::from(cycles),
         "the load barely ran: {} sends acknowledged in {cycles} cycles",
         ledger.acked.len()
+    );
+    assert!(
+        ledger.refused.is_empty(),
+        "sends refused: {:?}",
+        ledger.refused.iter().take(5).collect::<Vec<_>>()
     );
     assert!(
         lost.is_empty(),
