@@ -306,7 +306,17 @@ async fn a_full_window_of_a_long_backlog_is_received() {
             ),
         };
         seen.insert(d.seq);
-        owner.ack(mailbox, vec![d.seq]).await.unwrap();
+        // A client whose acks the relay does not read waits here.
+        tokio::time::timeout(Duration::from_secs(20), owner.ack(mailbox, vec![d.seq]))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "an ack could not be written for 20 s after {} of {STORED} envelopes: the \
+                     session is stuck",
+                    seen.len()
+                )
+            })
+            .unwrap();
     }
     owner.close().await;
     assert!(chappe_system_tests::wait_until(
